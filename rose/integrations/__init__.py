@@ -1,0 +1,1 @@
+"""In-process trackers: file (no dependencies), MLflow, ClearML, Slack."""

@@ -1,0 +1,543 @@
+"""The learner core shared by every learner family (active, reinforcement, UQ).
+
+It holds what all learners have in common: task registration through
+decorators, per-iteration task configuration, submitting tasks to a
+``radical.asyncflow.WorkflowEngine``, turning task results into
+``IterationState``, the stop criterion, and the one tracker lifecycle
+(``on_start`` at ``add_tracker``, ``on_iteration`` before each yield,
+``on_stop`` exactly once with the reason the run ended).
+
+A learner family only writes its loop: an async generator over one *lane*
+(one sequential learner) that yields IterationState.  ``_run`` wraps lanes in
+the lifecycle; parallel learners run several lanes and stream their states as
+they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import numbers
+import time
+import warnings
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from radical.asyncflow import WorkflowEngine
+
+from rose import metrics
+from rose.events import make_origin, new_run_id, to_plain
+from rose.tracking import (
+    CriterionManifest,
+    EventContext,
+    IterationState,
+    PipelineManifest,
+    TaskManifest,
+    TrackerBase,
+    delivering,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskConfig:
+    """Arguments for one task call: ``args`` come first, dependencies are appended."""
+
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+#: A task's configuration: one TaskConfig for every iteration, or a schedule
+#: ``{iteration: TaskConfig}`` where each entry holds until the next one
+#: (``"default"`` applies before the first).
+Schedule = TaskConfig | dict[Any, TaskConfig] | None
+
+
+@dataclass
+class LearnerConfig:
+    simulation: Schedule = None
+    training: Schedule = None
+    active_learn: Schedule = None
+    criterion: Schedule = None
+    environment: Schedule = None
+    update: Schedule = None
+
+    def task_config(self, role: str, iteration: int) -> TaskConfig | None:
+        """The TaskConfig in effect for ``role`` at ``iteration``, or None."""
+        sched = getattr(self, role, None)
+        if sched is None or isinstance(sched, TaskConfig):
+            return sched
+        if not isinstance(sched, dict):
+            raise TypeError(f"LearnerConfig.{role} must be a TaskConfig or a dict of them")
+        if iteration in sched:
+            return sched[iteration]
+        earlier = [k for k in sched if isinstance(k, int) and k <= iteration]
+        if earlier:
+            return sched[max(earlier)]
+        return sched.get("default")
+
+
+@dataclass
+class _Task:
+    role: str
+    func: Callable[..., Any]
+    as_executable: bool
+    log_params: dict[str, Any]
+    decor_kwargs: dict[str, Any]
+    flow: Callable[..., Any]
+    metric_name: str = ""
+    threshold: float = 0.0
+    operator: str = ""
+
+    def manifest(self) -> TaskManifest:
+        common = dict(
+            func_name=getattr(self.func, "__name__", repr(self.func)),
+            func_module=getattr(self.func, "__module__", "") or "",
+            as_executable=self.as_executable,
+            decor_kwargs=dict(self.decor_kwargs),
+            log_params=dict(self.log_params),
+        )
+        if self.role == "criterion":
+            return CriterionManifest(
+                **common, metric_name=self.metric_name, threshold=self.threshold,
+                operator=self.operator,
+            )
+        return TaskManifest(**common)
+
+
+@dataclass
+class Lane:
+    """One sequential learner's running state (a parallel learner has several)."""
+
+    learner_id: int | str | None
+    config: LearnerConfig | None = None
+    pending_config: LearnerConfig | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+    history: list[float] = field(default_factory=list)
+    end_reason: str = "max_iter_reached"
+
+    def take_pending_config(self) -> None:
+        if self.pending_config is not None:
+            self.config, self.pending_config = self.pending_config, None
+
+
+class _TrackerErrors:
+    """Logs a tracker's first failure per callback with its traceback; counts the rest."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[int, str], int] = {}
+
+    def record(self, tracker: Any, method: str) -> None:
+        key = (id(tracker), method)
+        n = self.counts.get(key, 0) + 1
+        self.counts[key] = n
+        if n == 1:
+            log.exception(
+                "tracker %s raised in %s; the learner and other trackers continue "
+                "(further failures of this callback are counted, not logged)",
+                type(tracker).__name__, method,
+            )
+
+    def summarize(self, trackers: list[Any]) -> None:
+        for t in trackers:
+            for method in ("on_start", "on_iteration", "on_stop"):
+                n = self.counts.get((id(t), method), 0)
+                if n > 1:
+                    log.warning("tracker %s raised %d times in %s", type(t).__name__, n, method)
+
+
+class Learner:
+    """Base of every learner: tasks, configuration, tracking lifecycle."""
+
+    #: Roles this family's loop uses, in pipeline order (for the manifest).
+    roles: tuple[str, ...] = ()
+
+    def __init__(self, asyncflow: WorkflowEngine, *, run_name: str | None = None) -> None:
+        self.asyncflow = asyncflow
+        self.run_id = new_run_id(run_name)
+        self._tasks: dict[str, _Task] = {}
+        self._trackers: list[Any] = []
+        self._tracker_errors = _TrackerErrors()
+        self._stop_requested = False
+        self._lanes: list[Lane] = []
+        self._seq = 0
+        self._start_ts: float | None = None
+        self._origin: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------ tasks
+
+    @property
+    def engine(self) -> WorkflowEngine:
+        return self.asyncflow
+
+    @property
+    def is_stopped(self) -> bool:
+        return self._stop_requested
+
+    def _decorator(
+        self, role: str, func: Callable | None, options: dict[str, Any], **criterion: Any
+    ) -> Callable:
+        def register(f: Callable) -> Callable:
+            return self.register_task(role, f, **options, **criterion)
+
+        return register(func) if func is not None else register
+
+    def register_task(
+        self,
+        role: str,
+        func: Callable,
+        *,
+        as_executable: bool = True,
+        log_params: dict[str, Any] | None = None,
+        metric_name: str = "",
+        threshold: float = 0.0,
+        operator: str = "",
+        **decor_kwargs: Any,
+    ) -> Callable:
+        """Register ``func`` as this learner's ``role`` task.
+
+        ``log_params`` is the only thing trackers see; every other keyword is
+        handed to the execution backend as the task description and never
+        leaves this process.  Returns a callable that submits the task.
+        """
+        if not callable(func):
+            raise TypeError(f"{role} task must decorate a function, got {type(func).__name__}")
+        if log_params is not None and not isinstance(log_params, dict):
+            raise TypeError("log_params must be a dict")
+        if not asyncio.iscoroutinefunction(func):
+            func = _as_coroutine_function(func)
+        decorate = self.asyncflow.executable_task if as_executable else self.asyncflow.function_task
+        task = _Task(
+            role=role,
+            func=func,
+            as_executable=bool(as_executable),
+            log_params=dict(log_params or {}),
+            decor_kwargs=dict(decor_kwargs),
+            flow=decorate(func),
+            metric_name=metric_name,
+            threshold=threshold,
+            operator=operator,
+        )
+        self._tasks[role] = task
+        return functools.partial(self._submit, task, TaskConfig())
+
+    def as_stop_criterion(
+        self,
+        metric_name: str,
+        threshold: float,
+        operator: str = "",
+        as_executable: bool = True,
+        **options: Any,
+    ) -> Callable[[Callable], Callable]:
+        """Register the task whose numeric result decides when the loop stops."""
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+        op = metrics.resolve_operator(metric_name, operator)
+        return self._decorator(
+            "criterion", None, {"as_executable": as_executable, **options},
+            metric_name=metric_name, threshold=float(threshold), operator=op,
+        )
+
+    def utility_task(self, func: Callable | None = None, /, **options: Any) -> Callable:
+        def register(f: Callable) -> Callable:
+            return self.register_task(f"utility.{f.__name__}", f, **options)
+
+        return register(func) if func is not None else register
+
+    def _submit(self, task: _Task, config: TaskConfig | None, *deps: Any) -> Any:
+        config = config or TaskConfig()
+        args = (*config.args, *deps)
+        return task.flow(*args, task_description=dict(task.decor_kwargs), **config.kwargs)
+
+    def submit(self, role: str, lane: Lane, iteration: int, *deps: Any) -> Any:
+        """Submit the ``role`` task with the lane's configuration for ``iteration``."""
+        config = lane.config.task_config(role, iteration) if lane.config else None
+        return self._submit(self._tasks[role], config, *deps)
+
+    def has_task(self, role: str) -> bool:
+        return role in self._tasks
+
+    # ------------------------------------------------------------ results
+
+    def extract_state(self, lane: Lane, result: Any) -> None:
+        """Merge a task result into the lane's state: dicts, or a JSON object line from stdout."""
+        if isinstance(result, str):
+            result = _json_object_from_stdout(result)
+        if isinstance(result, dict):
+            lane.state.update({str(k): v for k, v in result.items()})
+
+    def check_criterion(self, lane: Lane, result: Any) -> tuple[bool, float]:
+        """Read the criterion task's result as a number and compare it to the threshold."""
+        crit = self._tasks["criterion"]
+        value = _metric_value(result, crit.metric_name)
+        if isinstance(result, dict):
+            self.extract_state(lane, result)
+        return metrics.compare(value, crit.threshold, crit.operator), value
+
+    def build_state(
+        self, lane: Lane, iteration: int, metric_value: float | None, should_stop: bool
+    ) -> IterationState:
+        crit = self._tasks.get("criterion")
+        if metric_value is not None:
+            lane.history.append(metric_value)
+        return IterationState(
+            iteration=iteration,
+            metric_name=crit.metric_name if crit else None,
+            metric_value=metric_value,
+            metric_threshold=crit.threshold if crit else None,
+            metric_history=list(lane.history),
+            should_stop=should_stop,
+            current_config=self._config_snapshot(lane, iteration),
+            learner_id=lane.learner_id,
+            state=dict(lane.state),
+        )
+
+    def _config_snapshot(self, lane: Lane, iteration: int) -> dict[str, Any]:
+        snap: dict[str, Any] = {}
+        for role in self._tasks:
+            cfg = lane.config.task_config(role, iteration) if lane.config else None
+            if cfg is not None:
+                snap[role] = {"args": to_plain(list(cfg.args)), "kwargs": to_plain(cfg.kwargs)}
+        return snap
+
+    # ------------------------------------------------------------ control
+
+    def stop(self) -> None:
+        """Ask the run to end after the task in flight; on_stop reports 'stopped'."""
+        self._stop_requested = True
+
+    def set_next_config(self, config: LearnerConfig, learner_id: int | str | None = None) -> None:
+        """Use ``config`` from the next iteration on (for one parallel learner, or all)."""
+        for lane in self._lanes:
+            if learner_id is None or lane.learner_id == learner_id:
+                lane.pending_config = config
+
+    # ------------------------------------------------------------ tracking
+
+    def build_manifest(self) -> PipelineManifest:
+        ordered = [r for r in self.roles if r in self._tasks]
+        ordered += [r for r in self._tasks if r not in ordered and r != "criterion"]
+        crit = self._tasks.get("criterion")
+        return PipelineManifest(
+            learner_type=type(self).__name__,
+            tasks={r: self._tasks[r].manifest() for r in ordered if r != "criterion"},
+            criterion=crit.manifest() if crit else None,  # type: ignore[arg-type]
+            parallel_count=self.parallel_count,
+        )
+
+    @property
+    def parallel_count(self) -> int | None:
+        return None
+
+    def add_tracker(self, tracker: TrackerBase) -> None:
+        """Attach an observer; its ``on_start`` fires now with the pipeline manifest."""
+        if not self._tasks:
+            warnings.warn(
+                f"add_tracker() on {type(self).__name__} before any task is registered: the "
+                "tracker's manifest will be empty. Decorate the tasks first, then add trackers.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if self._start_ts is None:
+            self._start_ts = time.time()
+            self._origin = make_origin()
+        self._trackers.append(tracker)
+        ctx = EventContext(run=self.run_id, seq=0, ts=self._start_ts, origin=self._origin)
+        self._call(tracker, "on_start", ctx, self.build_manifest())
+
+    def _call(self, tracker: Any, method: str, ctx: EventContext, *args: Any) -> None:
+        callback = getattr(tracker, method, None)
+        if callback is None:
+            return
+        try:
+            with delivering(ctx):
+                callback(*args)
+        except Exception:
+            self._tracker_errors.record(tracker, method)
+
+    def _notify(self, method: str, *args: Any) -> None:
+        self._seq += 1
+        ctx = EventContext(run=self.run_id, seq=self._seq, ts=time.time())
+        for tracker in list(self._trackers):
+            self._call(tracker, method, ctx, *args)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def _run(
+        self,
+        lanes: list[Lane],
+        loop: Callable[[Lane], AsyncIterator[IterationState]],
+        check: Callable[[], None] | None = None,
+    ) -> AsyncIterator[IterationState]:
+        """The one lifecycle every learner's ``start()`` goes through.
+
+        ``check`` validates the arguments inside the lifecycle, so a run that
+        cannot start still reports ``on_stop(None, "error")`` to its trackers.
+        """
+        self._lanes = lanes
+        self._stop_requested = False
+        last: IterationState | None = None
+        reason = "error"
+        source: AsyncIterator[IterationState] | None = None
+        try:
+            if check is not None:
+                check()
+            loops = [loop(lane) for lane in lanes]
+            source = loops[0] if len(loops) == 1 else _merge(loops)
+            async for state in source:
+                last = state
+                self._notify("on_iteration", state)
+                yield state
+            if self._stop_requested:
+                reason = "stopped"
+            elif all(lane.end_reason == "criterion_met" for lane in lanes):
+                reason = "criterion_met"
+            else:
+                reason = "max_iter_reached"
+        except (GeneratorExit, asyncio.CancelledError, KeyboardInterrupt):
+            reason = "stopped"  # the user broke out of the loop, or cancelled it
+            raise
+        finally:
+            try:
+                if source is not None:
+                    await _close(source)
+            finally:
+                self._notify("on_stop", last, reason)
+                self._tracker_errors.summarize(self._trackers)
+
+    def _check_max_iter(self, max_iter: int) -> None:
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
+            raise ValueError(f"max_iter must be an int >= 0, got {max_iter!r}")
+        if max_iter == 0 and "criterion" not in self._tasks:
+            raise ValueError(
+                "max_iter=0 means 'until the stop criterion is met', but no criterion is "
+                "registered: pass max_iter=N or decorate a task with @learner.as_stop_criterion"
+            )
+
+    @staticmethod
+    def _iterations(max_iter: int):
+        return range(max_iter) if max_iter else _count()
+
+    def _check_parallel(self, count: int, configs: list | None, what: str = "parallel_learners"):
+        if count < 2:
+            raise ValueError(
+                f"{what} must be at least 2 (got {count}); for a single learner use the "
+                "Sequential learner of this family"
+            )
+        if configs is not None and len(configs) != count:
+            raise ValueError(f"learner_configs has {len(configs)} entries for {count} learners")
+
+    def _require(self, *roles: str) -> None:
+        missing = [r for r in roles if r not in self._tasks]
+        if missing:
+            names = ", ".join(f"@learner.{r}_task" for r in missing)
+            raise ValueError(f"{type(self).__name__} needs these tasks registered first: {names}")
+
+
+def _count():
+    i = 0
+    while True:
+        yield i
+        i += 1
+
+
+async def _close(agen: Any) -> None:
+    aclose = getattr(agen, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def _merge(loops: list[AsyncIterator[IterationState]]) -> AsyncIterator[IterationState]:
+    """Stream states from several lanes as they arrive; cancel the rest on close or error.
+
+    Each lane waits while its state is handled downstream (trackers, the user's
+    loop body), exactly as a sequential run would, so ``set_next_config`` and
+    ``stop`` called in the loop body take effect on that lane's next iteration.
+    """
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(loop: AsyncIterator[IterationState]) -> None:
+        try:
+            async for state in loop:
+                ack = asyncio.get_running_loop().create_future()
+                await queue.put(("state", state, ack))
+                await ack
+        except Exception as exc:
+            await queue.put(("error", exc, None))
+        else:
+            await queue.put(("done", None, None))
+
+    tasks = [asyncio.ensure_future(pump(loop)) for loop in loops]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            what, item, ack = await queue.get()
+            if what == "error":
+                raise item
+            if what == "done":
+                remaining -= 1
+                continue
+            try:
+                yield item
+            finally:
+                if not ack.done():
+                    ack.set_result(None)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for loop in loops:
+            await _close(loop)
+
+
+def _as_coroutine_function(func: Callable) -> Callable:
+    @functools.wraps(func)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    return run
+
+
+def _json_object_from_stdout(stdout: str) -> dict | None:
+    lines = [ln for ln in stdout.strip().splitlines() if ln.strip()]
+    if lines and lines[-1].lstrip().startswith("{"):
+        try:
+            obj = json.loads(lines[-1])
+        except ValueError:
+            return None
+        return obj if isinstance(obj, dict) else None
+    return None
+
+
+def _metric_value(result: Any, metric_name: str) -> float:
+    value = result
+    if isinstance(result, dict):
+        if metric_name not in result:
+            raise ValueError(
+                f"stop criterion task returned a dict without the metric {metric_name!r} "
+                f"(keys: {sorted(map(str, result))})"
+            )
+        value = result[metric_name]
+    if isinstance(value, str):
+        lines = [ln.strip() for ln in value.strip().splitlines() if ln.strip()]
+        try:
+            return float(lines[-1]) if lines else float("")
+        except ValueError:
+            raise ValueError(
+                f"stop criterion task must produce a number for {metric_name!r}; its output "
+                f"ends with {value.strip()[-80:]!r}"
+            ) from None
+    if isinstance(value, bool) or not _is_number(value):
+        raise TypeError(
+            f"stop criterion task must produce a number for {metric_name!r}, "
+            f"got {type(value).__name__}"
+        )
+    return float(value)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, numbers.Real)
