@@ -81,7 +81,9 @@ def read_events(path: str | os.PathLike[str], *, strict: bool = False) -> Iterat
                 yield from_json_line(raw)
             except EventError as exc:
                 if torn:
-                    log.warning("%s: ignoring a torn last line %d (writer interrupted)", path, lineno)
+                    log.warning(
+                        "%s: ignoring a torn last line %d (writer interrupted)", path, lineno
+                    )
                     continue
                 if strict:
                     raise EventError(f"{path}:{lineno}: {exc}") from None

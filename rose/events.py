@@ -112,9 +112,7 @@ def to_plain(x: Any, _depth: int = 0) -> Any:
     if isinstance(x, (bytearray, memoryview)):
         return bytes(x)
     if isinstance(x, dict):
-        return {
-            k if type(k) is str else str(k): to_plain(v, _depth + 1) for k, v in x.items()
-        }
+        return {k if type(k) is str else str(k): to_plain(v, _depth + 1) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [to_plain(v, _depth + 1) for v in x]
     return _repr_of(x)
@@ -135,7 +133,7 @@ def plain_equal(a: Any, b: Any) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return list(a) == list(b) and all(plain_equal(a[k], b[k]) for k in a)
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(plain_equal(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(plain_equal(x, y) for x, y in zip(a, b, strict=True))
     return type(a) is type(b) and a == b
 
 
@@ -157,7 +155,9 @@ def new_run_id(name: str | None = None) -> str:
 
 def check_run_id(run: Any) -> str:
     if not isinstance(run, str) or not RUN_ID_RE.match(run):
-        raise EventError(f"invalid run id {str(run)[:80]!r}: expected [A-Za-z0-9._-], at most 128 chars")
+        raise EventError(
+            f"invalid run id {str(run)[:80]!r}: expected [A-Za-z0-9._-], at most 128 chars"
+        )
     return run
 
 
@@ -320,7 +320,9 @@ def iteration_event(ctx: EventContext, state: IterationState) -> dict[str, Any]:
     return make_event(ctx, "iteration", state_to_body(state))
 
 
-def stop_event(ctx: EventContext, final_state: IterationState | None, reason: str) -> dict[str, Any]:
+def stop_event(
+    ctx: EventContext, final_state: IterationState | None, reason: str
+) -> dict[str, Any]:
     final = state_to_body(final_state) if final_state is not None else None
     return make_event(ctx, "stop", {"reason": reason, "final_state": final})
 
@@ -466,7 +468,7 @@ def _from_json(x: Any) -> Any:
     if not isinstance(x, dict):
         return x
     if len(x) == 1:
-        (key, val), = x.items()
+        ((key, val),) = x.items()
         if key == "__repr__" and isinstance(val, str):
             return Repr(val)
         if key == "__float__" and val in ("nan", "inf", "-inf"):

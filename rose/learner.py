@@ -103,7 +103,9 @@ class _Task:
         )
         if self.role == "criterion":
             return CriterionManifest(
-                **common, metric_name=self.metric_name, threshold=self.threshold,
+                **common,
+                metric_name=self.metric_name,
+                threshold=self.threshold,
                 operator=self.operator,
             )
         return TaskManifest(**common)
@@ -139,7 +141,8 @@ class _TrackerErrors:
             log.exception(
                 "tracker %s raised in %s; the learner and other trackers continue "
                 "(further failures of this callback are counted, not logged)",
-                type(tracker).__name__, method,
+                type(tracker).__name__,
+                method,
             )
 
     def summarize(self, trackers: list[Any]) -> None:
@@ -238,8 +241,12 @@ class Learner:
             raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
         op = metrics.resolve_operator(metric_name, operator)
         return self._decorator(
-            "criterion", None, {"as_executable": as_executable, **options},
-            metric_name=metric_name, threshold=float(threshold), operator=op,
+            "criterion",
+            None,
+            {"as_executable": as_executable, **options},
+            metric_name=metric_name,
+            threshold=float(threshold),
+            operator=op,
         )
 
     def utility_task(self, func: Callable | None = None, /, **options: Any) -> Callable:

@@ -28,8 +28,13 @@ class ActiveLearner(Learner):
         return self._decorator("prediction", func, options)
 
     def _check_tasks(self, max_iter: int, skip_simulation_step: bool) -> None:
-        self._require(*(("training", "active_learn") if skip_simulation_step
-                        else ("simulation", "training", "active_learn")))
+        self._require(
+            *(
+                ("training", "active_learn")
+                if skip_simulation_step
+                else ("simulation", "training", "active_learn")
+            )
+        )
         self._check_max_iter(max_iter)
 
     async def _lane(
@@ -102,15 +107,21 @@ class SequentialActiveLearner(ActiveLearner):
             check=lambda: self._check_tasks(max_iter, skip_simulation_step),
         )
 
-    async def teach(self, max_iter: int = 0, skip_pre_loop: bool = False,
-                    skip_simulation_step: bool = False,
-                    learner_config: LearnerConfig | None = None) -> IterationState | None:
+    async def teach(
+        self,
+        max_iter: int = 0,
+        skip_pre_loop: bool = False,
+        skip_simulation_step: bool = False,
+        learner_config: LearnerConfig | None = None,
+    ) -> IterationState | None:
         """Deprecated: run to the end and return the final state.  Use ``start()``."""
-        warnings.warn("teach() is deprecated; iterate over start() instead",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "teach() is deprecated; iterate over start() instead", DeprecationWarning, stacklevel=2
+        )
         final = None
-        async for state in self.start(max_iter, skip_pre_loop, skip_simulation_step,
-                                      learner_config):
+        async for state in self.start(
+            max_iter, skip_pre_loop, skip_simulation_step, learner_config
+        ):
             final = state
         return final
 
@@ -119,8 +130,13 @@ class ParallelActiveLearner(ActiveLearner):
     """Several active-learning loops at once; states stream as they arrive,
     each stamped with its ``learner_id`` (0, 1, …)."""
 
-    def __init__(self, asyncflow: WorkflowEngine, parallel_learners: int | None = None,
-                 *, run_name: str | None = None) -> None:
+    def __init__(
+        self,
+        asyncflow: WorkflowEngine,
+        parallel_learners: int | None = None,
+        *,
+        run_name: str | None = None,
+    ) -> None:
         super().__init__(asyncflow, run_name=run_name)
         # Known before start() only if given here; the manifest then carries it.
         self._parallel_hint = parallel_learners
@@ -139,8 +155,10 @@ class ParallelActiveLearner(ActiveLearner):
     ) -> AsyncIterator[IterationState]:
         count = parallel_learners or self._parallel_hint or 2
         configs = learner_configs or [None] * count
-        lanes = [Lane(learner_id=i, config=configs[i] if i < len(configs) else None)
-                 for i in range(count)]
+        lanes = [
+            Lane(learner_id=i, config=configs[i] if i < len(configs) else None)
+            for i in range(count)
+        ]
 
         def check() -> None:
             self._check_parallel(count, learner_configs)
@@ -152,16 +170,19 @@ class ParallelActiveLearner(ActiveLearner):
             check=check,
         )
 
-    async def teach(self, parallel_learners: int = 2, max_iter: int = 0,
-                    skip_pre_loop: bool = False,
-                    learner_configs: list[LearnerConfig | None] | None = None
-                    ) -> list[IterationState | None]:
+    async def teach(
+        self,
+        parallel_learners: int = 2,
+        max_iter: int = 0,
+        skip_pre_loop: bool = False,
+        learner_configs: list[LearnerConfig | None] | None = None,
+    ) -> list[IterationState | None]:
         """Deprecated: run to the end and return each learner's final state."""
-        warnings.warn("teach() is deprecated; iterate over start() instead",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "teach() is deprecated; iterate over start() instead", DeprecationWarning, stacklevel=2
+        )
         finals: dict[Any, IterationState] = {}
-        async for state in self.start(parallel_learners, max_iter, skip_pre_loop,
-                                      learner_configs):
+        async for state in self.start(parallel_learners, max_iter, skip_pre_loop, learner_configs):
             finals[state.learner_id] = state
         return [finals.get(i) for i in range(parallel_learners)]
 
