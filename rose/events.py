@@ -408,7 +408,8 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 def pack(value: Any) -> bytes:
     """msgpack-encode a plain value (an event, or a part of one)."""
-    return msgpack.packb(value, default=_ext_default, use_bin_type=True)
+    # strict_types: a Repr (a str subclass) must reach _ext_default, not pass as a plain str.
+    return msgpack.packb(value, default=_ext_default, use_bin_type=True, strict_types=True)
 
 
 def unpack(data: bytes) -> Any:
