@@ -158,6 +158,8 @@ class Learner:
 
     #: Roles this family's loop uses, in pipeline order (for the manifest).
     roles: tuple[str, ...] = ()
+    #: Roles whose threshold can end a run, so that ``max_iter=0`` is allowed.
+    stop_roles: tuple[str, ...] = ("criterion",)
 
     def __init__(self, asyncflow: WorkflowEngine, *, run_name: str | None = None) -> None:
         self.asyncflow = asyncflow
@@ -277,9 +279,15 @@ class Learner:
         if isinstance(result, dict):
             lane.state.update({str(k): v for k, v in result.items()})
 
-    def check_criterion(self, lane: Lane, result: Any) -> tuple[bool, float]:
-        """Read the criterion task's result as a number and compare it to the threshold."""
-        crit = self._tasks["criterion"]
+    def check_criterion(
+        self, lane: Lane, result: Any, role: str = "criterion"
+    ) -> tuple[bool, float]:
+        """Read a threshold task's result as a number and compare it to its threshold.
+
+        ``role`` is the criterion, or another task registered with a metric
+        (the UQ learners' uncertainty task).
+        """
+        crit = self._tasks[role]
         value = _metric_value(result, crit.metric_name)
         if isinstance(result, dict):
             self.extract_state(lane, result)
@@ -419,7 +427,7 @@ class Learner:
     def _check_max_iter(self, max_iter: int) -> None:
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
             raise ValueError(f"max_iter must be an int >= 0, got {max_iter!r}")
-        if max_iter == 0 and "criterion" not in self._tasks:
+        if max_iter == 0 and not any(r in self._tasks for r in self.stop_roles):
             raise ValueError(
                 "max_iter=0 means 'until the stop criterion is met', but no criterion is "
                 "registered: pass max_iter=N or decorate a task with @learner.as_stop_criterion"

@@ -98,6 +98,42 @@ OPERATORS: dict[str, str] = {
     EPISODE_RETURN: ">=",
 }
 
+# Uncertainty-quantification metrics (rose.uq.uq_scorer computes them).  The
+# operator says when a UQ learner may stop: when the ensemble is confident enough.
+PREDICTIVE_ENTROPY = "predictive_entropy"
+MUTUAL_INFORMATION = "mutual_information"
+VARIATION_RATIO = "variation_ratio"
+MARGIN = "margin"
+PREDICTIVE_VARIANCE = "predictive_variance"
+PREDICTIVE_STD = "predictive_std"
+PREDICTIVE_INTERVAL_WIDTH = "predictive_interval_width"
+NEGATIVE_LOG_LIKELIHOOD = "negative_log_likelihood"
+
+#: The UQ metric names, a subset of OPERATORS.
+UQ_METRICS: tuple[str, ...] = (
+    PREDICTIVE_ENTROPY,
+    MUTUAL_INFORMATION,
+    VARIATION_RATIO,
+    MARGIN,
+    PREDICTIVE_VARIANCE,
+    PREDICTIVE_STD,
+    PREDICTIVE_INTERVAL_WIDTH,
+    NEGATIVE_LOG_LIKELIHOOD,
+)
+
+OPERATORS.update(
+    {
+        PREDICTIVE_ENTROPY: "<",
+        MUTUAL_INFORMATION: "<",
+        VARIATION_RATIO: "<",
+        MARGIN: ">",  # a wide gap between the top two classes means confidence
+        PREDICTIVE_VARIANCE: "<",
+        PREDICTIVE_STD: "<",
+        PREDICTIVE_INTERVAL_WIDTH: "<",
+        NEGATIVE_LOG_LIKELIHOOD: "<",
+    }
+)
+
 
 def is_supported_metric(metric_name: str) -> bool:
     return metric_name in OPERATORS
