@@ -7,7 +7,6 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+src"
 
-from rose.learner import LearnerConfig, TaskConfig  # noqa: E402
 from rose.tracking import (  # noqa: E402
     CriterionManifest,
     IterationState,
@@ -26,3 +25,13 @@ __all__ = [
     "TaskConfig",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    # The learner core imports radical.asyncflow (~0.2 s); brokers, sinks and the
+    # CLI import rose.events without it, so load it only when asked for.
+    if name in ("LearnerConfig", "TaskConfig"):
+        from rose import learner
+
+        return getattr(learner, name)
+    raise AttributeError(f"module 'rose' has no attribute {name!r}")

@@ -376,3 +376,30 @@ async def test_decor_kwargs_reach_backend_not_trackers(engine, recorder, tmp_pat
         if c["description"]["name"] == "training"
     ]
     assert described and all(d == {"auth_token": secret, "num_gpus": 4} for d in described)
+
+
+def test_iteration_state_access():
+    from rose import IterationState
+
+    s = IterationState(iteration=2, metric_value=0.5, learner_id=1, state={"train_loss": 0.1})
+    assert s.train_loss == 0.1 and s.get("nope", 3) == 3
+    with pytest.raises(AttributeError, match="state keys: \\['train_loss'\\]"):
+        _ = s.val_loss
+    d = s.to_dict()
+    assert d["iteration"] == 2 and d["state"] == {"train_loss": 0.1} and d["learner_id"] == 1
+
+
+async def test_utility_and_prediction_tasks_listed_and_callable(engine):
+    learner = build(engine)
+
+    @learner.utility_task(as_executable=False)
+    async def summarize(x):
+        return {"sum": x + 1}
+
+    @learner.prediction_task(as_executable=False)
+    async def predict(*a):
+        return {}
+
+    assert await summarize(41) == {"sum": 42}  # the decorator returns a task you can run
+    tasks = learner.build_manifest().tasks
+    assert list(tasks) == ["simulation", "training", "active_learn", "prediction", "utility.summarize"]
