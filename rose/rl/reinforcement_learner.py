@@ -1,0 +1,288 @@
+"""Reinforcement learners: environment → update, then a test (the stop criterion), per iteration.
+
+Data flow between tasks (function tasks get Python values, executables the
+previous task's stdout):
+
+- the update task receives the environment task's result as its last
+  positional argument (``ParallelExperience``: the merged ExperienceBank);
+- the stop criterion receives the update task's result, so it can test the
+  policy the update produced.
+
+Dict results go into ``IterationState.state``; return an
+:class:`~rose.rl.experience.ExperienceBank` (or any non-dict) for bulk
+transitions that only the update should see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from radical.asyncflow import WorkflowEngine
+
+from rose.learner import Lane, Learner, LearnerConfig
+from rose.rl.experience import as_bank, merge_banks
+from rose.tracking import IterationState
+
+log = logging.getLogger(__name__)
+
+
+class ReinforcementLearner(Learner):
+    """Task registration and the per-lane loop shared by the RL learners."""
+
+    roles = ("environment", "update")
+
+    def environment_task(self, func: Callable | None = None, /, **options: Any) -> Callable:
+        """Register the task that runs the policy in the environment and collects experience."""
+        return self._decorator("environment", func, options)
+
+    def update_task(self, func: Callable | None = None, /, **options: Any) -> Callable:
+        """Register the task that improves the policy from the collected experience."""
+        return self._decorator("update", func, options)
+
+    def _check_tasks(self, max_iter: int, skip_environment_step: bool) -> None:
+        self._require(*(("update",) if skip_environment_step else ("environment", "update")))
+        self._check_max_iter(max_iter)
+
+    async def _collect(self, lane: Lane, iteration: int, skip_environment_step: bool) -> list[Any]:
+        """Run one environment → update step; returns the results, in order."""
+        env = None if skip_environment_step else self.submit("environment", lane, iteration)
+        update = self.submit("update", lane, iteration, *_present(env))
+        return [await f for f in _present(env, update)]
+
+    async def _lane(
+        self, lane: Lane, max_iter: int, skip_pre_loop: bool, skip_environment_step: bool
+    ) -> AsyncIterator[IterationState]:
+        """One sequential RL loop.
+
+        The pre-loop collects experience and updates once; each iteration then
+        tests the updated policy (the criterion), yields, and runs the next
+        environment → update step with the configuration then in effect.
+        """
+        results: list[Any] = []
+        if not skip_pre_loop:
+            results = await self._collect(lane, 0, skip_environment_step)
+
+        for i in self._iterations(max_iter):
+            if self._stop_requested:
+                return
+            lane.take_pending_config()
+            lane.state.clear()
+            for result in results:
+                self.extract_state(lane, result)
+
+            metric_value, should_stop = None, False
+            if self.has_task("criterion"):
+                # The test sees the policy the last update produced (nothing if none ran yet).
+                crit_result = await self.submit("criterion", lane, i, *results[-1:])
+                if self._stop_requested:
+                    return
+                should_stop, metric_value = self.check_criterion(lane, crit_result)
+
+            yield self.build_state(lane, i, metric_value, should_stop)
+            if should_stop:
+                lane.end_reason = "criterion_met"
+                return
+            if self._stop_requested or (max_iter and i == max_iter - 1):
+                return
+
+            lane.take_pending_config()
+            results = await self._collect(lane, i + 1, skip_environment_step)
+
+
+class SequentialReinforcementLearner(ReinforcementLearner):
+    """One RL loop; ``start()`` yields an IterationState per iteration.
+
+    ``skip_environment_step=True`` runs only the update each step (experience
+    comes from an existing pool, e.g. offline RL).
+    """
+
+    def start(
+        self,
+        max_iter: int = 0,
+        skip_pre_loop: bool = False,
+        skip_environment_step: bool = False,
+        initial_config: LearnerConfig | None = None,
+    ) -> AsyncIterator[IterationState]:
+        lane = Lane(learner_id=None, config=initial_config)
+        return self._run(
+            [lane],
+            lambda ln: self._lane(ln, max_iter, skip_pre_loop, skip_environment_step),
+            check=lambda: self._check_tasks(max_iter, skip_environment_step),
+        )
+
+    async def teach(
+        self,
+        max_iter: int = 0,
+        skip_pre_loop: bool = False,
+        skip_environment_step: bool = False,
+        learner_config: LearnerConfig | None = None,
+    ) -> IterationState | None:
+        """Deprecated: run to the end and return the final state.  Use ``start()``."""
+        warnings.warn(
+            "teach() is deprecated; iterate over start() instead", DeprecationWarning, stacklevel=2
+        )
+        final = None
+        async for state in self.start(
+            max_iter, skip_pre_loop, skip_environment_step, learner_config
+        ):
+            final = state
+        return final
+
+    async def learn(
+        self,
+        max_iter: int = 0,
+        skip_pre_loop: bool = False,
+        skip_emulation_step: bool = False,
+        learner_config: LearnerConfig | None = None,
+    ) -> IterationState | None:
+        """Deprecated name of ``teach()`` kept for older RL scripts.  Use ``start()``."""
+        warnings.warn(
+            "learn() is deprecated; iterate over start() instead", DeprecationWarning, stacklevel=2
+        )
+        final = None
+        async for state in self.start(max_iter, skip_pre_loop, skip_emulation_step, learner_config):
+            final = state
+        return final
+
+
+class ParallelReinforcementLearner(ReinforcementLearner):
+    """Several RL loops at once (e.g. different seeds or hyper-parameters); states
+    stream as they arrive, each stamped with its ``learner_id`` (0, 1, …)."""
+
+    def __init__(
+        self,
+        asyncflow: WorkflowEngine,
+        parallel_learners: int | None = None,
+        *,
+        run_name: str | None = None,
+    ) -> None:
+        super().__init__(asyncflow, run_name=run_name)
+        # Known before start() only if given here; the manifest then carries it.
+        self._parallel_hint = parallel_learners
+
+    @property
+    def parallel_count(self) -> int | None:
+        return len(self._lanes) if self._lanes else self._parallel_hint
+
+    def start(
+        self,
+        parallel_learners: int | None = None,
+        max_iter: int = 0,
+        skip_pre_loop: bool = False,
+        learner_configs: list[LearnerConfig | None] | None = None,
+        skip_environment_step: bool = False,
+    ) -> AsyncIterator[IterationState]:
+        """Run ``parallel_learners`` loops (default: the constructor's count, else 2)."""
+        count = parallel_learners or self._parallel_hint or 2
+        configs = learner_configs or [None] * count
+        lanes = [
+            Lane(learner_id=i, config=configs[i] if i < len(configs) else None)
+            for i in range(count)
+        ]
+
+        def check() -> None:
+            self._check_parallel(count, learner_configs)
+            self._check_tasks(max_iter, skip_environment_step)
+
+        return self._run(
+            lanes,
+            lambda ln: self._lane(ln, max_iter, skip_pre_loop, skip_environment_step),
+            check=check,
+        )
+
+    async def teach(
+        self,
+        parallel_learners: int = 2,
+        max_iter: int = 0,
+        skip_pre_loop: bool = False,
+        learner_configs: list[LearnerConfig | None] | None = None,
+    ) -> list[IterationState | None]:
+        """Deprecated: run to the end and return each learner's final state."""
+        warnings.warn(
+            "teach() is deprecated; iterate over start() instead", DeprecationWarning, stacklevel=2
+        )
+        finals: dict[Any, IterationState] = {}
+        async for state in self.start(parallel_learners, max_iter, skip_pre_loop, learner_configs):
+            finals[state.learner_id] = state
+        return [finals.get(i) for i in range(parallel_learners)]
+
+
+class ParallelExperience(SequentialReinforcementLearner):
+    """One RL loop fed by several named environments at once.
+
+    Each step runs every environment task concurrently, merges their
+    experience banks (:func:`~rose.rl.experience.merge_banks`, in registration
+    order) and hands the merged bank to one update.  The state records the
+    bank sizes (``experience_size``, ``experience_sizes``), not the banks.
+    Every environment uses ``LearnerConfig.environment``; ``start()`` and
+    ``teach()`` are the sequential learner's.
+    """
+
+    _ENV_PREFIX = "environment."
+
+    @property
+    def roles(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (*(self._ENV_PREFIX + n for n in self.environment_names), "update")
+
+    def environment_task(
+        self, func: Callable | str | None = None, /, name: str | None = None, **options: Any
+    ) -> Callable:
+        """Register a named environment: ``@learner.environment_task(name="env_1")``.
+
+        Bare ``@learner.environment_task`` names it after the function.
+        """
+        if isinstance(func, str):
+            func, name = None, func
+
+        def register(f: Callable) -> Callable:
+            env_name = name or getattr(f, "__name__", "environment")
+            role = self._ENV_PREFIX + env_name
+            if role in self._tasks:
+                raise ValueError(f"an environment named {env_name!r} is already registered")
+            return self.register_task(role, f, **options)
+
+        return register(func) if func is not None else register
+
+    @property
+    def environment_names(self) -> list[str]:
+        return [r[len(self._ENV_PREFIX) :] for r in self._tasks if r.startswith(self._ENV_PREFIX)]
+
+    def _check_tasks(self, max_iter: int, skip_environment_step: bool) -> None:
+        if not skip_environment_step and not self.environment_names:
+            raise ValueError(
+                "ParallelExperience needs at least one environment: "
+                "@learner.environment_task(name='env_1')"
+            )
+        super()._check_tasks(max_iter, skip_environment_step=True)
+
+    async def _collect(self, lane: Lane, iteration: int, skip_environment_step: bool) -> list[Any]:
+        """Run every environment, merge their banks, update once on the merged bank."""
+        if skip_environment_step:
+            return [await self.submit("update", lane, iteration)]
+        names = self.environment_names
+        config = lane.config.task_config("environment", iteration) if lane.config else None
+        futures = [self._submit(self._tasks[self._ENV_PREFIX + n], config) for n in names]
+        results = await asyncio.gather(*futures)
+        banks = [as_bank(r, f"environment {n!r}") for n, r in zip(names, results, strict=True)]
+        merged = merge_banks(banks)
+        log.debug(
+            "iteration %d: merged %d transitions from %d environments",
+            iteration,
+            len(merged),
+            len(names),
+        )
+        summary = {
+            "experience_size": len(merged),
+            "experience_sizes": {
+                n: (len(b) if b is not None else 0) for n, b in zip(names, banks, strict=True)
+            },
+        }
+        return [summary, await self.submit("update", lane, iteration, merged)]
+
+
+def _present(*futures: Any) -> tuple:
+    return tuple(f for f in futures if f is not None)

@@ -1,0 +1,148 @@
+"""UQ-driven active learners: one ensemble loop, or several named ones in parallel."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from radical.asyncflow import WorkflowEngine
+
+from rose.learner import Lane, LearnerConfig
+from rose.tracking import IterationState
+from rose.uq.uq_learner import UQLearner, model_list
+
+LearnerConfigs = Mapping[str, LearnerConfig | None] | Sequence[LearnerConfig | None]
+
+
+class SeqUQLearner(UQLearner):
+    """One UQ active-learning loop over an ensemble of ``model_names``."""
+
+    def start(
+        self,
+        model_names: Sequence[str] | str | None = None,
+        num_predictions: int = 1,
+        max_iter: int = 0,
+        skip_pre_loop: bool = False,
+        learning_config: LearnerConfig | None = None,
+    ) -> AsyncIterator[IterationState]:
+        """Yield an IterationState per iteration (``model_names`` default: one model)."""
+        models = model_list(model_names)
+        lane = Lane(learner_id=None, config=learning_config)
+        return self._run(
+            [lane],
+            lambda ln: self._lane(ln, models, num_predictions, max_iter, skip_pre_loop),
+            check=lambda: self._check_tasks(max_iter, models, num_predictions),
+        )
+
+    async def teach(
+        self,
+        model_names: Sequence[str] | str | None = None,
+        num_predictions: int = 1,
+        max_iter: int = 0,
+        skip_pre_loop: bool = False,
+        learning_config: LearnerConfig | None = None,
+    ) -> IterationState | None:
+        """Deprecated: run to the end and return the final state.  Use ``start()``."""
+        warnings.warn(
+            "teach() is deprecated; iterate over start() instead", DeprecationWarning, stacklevel=2
+        )
+        final = None
+        async for state in self.start(
+            model_names, num_predictions, max_iter, skip_pre_loop, learning_config
+        ):
+            final = state
+        return final
+
+
+class ParallelUQLearner(UQLearner):
+    """Several named UQ loops at once; each state's ``learner_id`` is its learner's name.
+
+    ``learner_configs`` is a list in ``learner_names`` order or a dict by name
+    (names left out run without a configuration).  ``set_next_config(cfg,
+    learner_id="A")`` retargets one learner.
+    """
+
+    def __init__(
+        self,
+        asyncflow: WorkflowEngine,
+        learner_names: Sequence[str] | None = None,
+        *,
+        run_name: str | None = None,
+    ) -> None:
+        super().__init__(asyncflow, run_name=run_name)
+        # Known before start() only if given here; the manifest then carries the count.
+        self._names_hint = list(learner_names) if learner_names is not None else None
+
+    @property
+    def parallel_count(self) -> int | None:
+        if self._lanes:
+            return len(self._lanes)
+        return len(self._names_hint) if self._names_hint is not None else None
+
+    def start(
+        self,
+        learner_names: Sequence[str] | None = None,
+        model_names: Sequence[str] | str | None = None,
+        num_predictions: int = 1,
+        max_iter: int = 0,
+        skip_pre_loop: bool = False,
+        learner_configs: LearnerConfigs | None = None,
+    ) -> AsyncIterator[IterationState]:
+        """Run one loop per name in ``learner_names`` (default: the constructor's names)."""
+        names = list(learner_names if learner_names is not None else self._names_hint or [])
+        models = model_list(model_names)
+        configs = _configs_by_position(names, learner_configs)
+        lanes = [Lane(learner_id=n, config=c) for n, c in zip(names, configs, strict=True)]
+
+        def check() -> None:
+            bad = [n for n in names if not isinstance(n, str) or not n]
+            if bad:
+                raise ValueError(f"learner_names must be non-empty strings, got {bad!r}")
+            if len(set(names)) != len(names):
+                raise ValueError(f"learner_names must be unique, got {names}")
+            if isinstance(learner_configs, Mapping):
+                unknown = sorted(set(map(str, learner_configs)) - set(names))
+                if unknown:
+                    raise ValueError(f"learner_configs names unknown learners: {unknown}")
+                self._check_parallel(len(names), None, what="learner_names")
+            else:
+                self._check_parallel(len(names), learner_configs, what="learner_names")
+            self._check_tasks(max_iter, models, num_predictions)
+
+        return self._run(
+            lanes,
+            lambda ln: self._lane(ln, models, num_predictions, max_iter, skip_pre_loop),
+            check=check,
+        )
+
+    async def teach(
+        self,
+        learner_names: Sequence[str] | None = None,
+        model_names: Sequence[str] | str | None = None,
+        num_predictions: int = 1,
+        max_iter: int = 0,
+        skip_pre_loop: bool = False,
+        learner_configs: LearnerConfigs | None = None,
+    ) -> dict[str, IterationState]:
+        """Deprecated: run to the end and return each learner's final state by name."""
+        warnings.warn(
+            "teach() is deprecated; iterate over start() instead", DeprecationWarning, stacklevel=2
+        )
+        finals: dict[Any, IterationState] = {}
+        async for state in self.start(
+            learner_names, model_names, num_predictions, max_iter, skip_pre_loop, learner_configs
+        ):
+            finals[state.learner_id] = state
+        return finals
+
+
+def _configs_by_position(
+    names: list[str], configs: LearnerConfigs | None
+) -> list[LearnerConfig | None]:
+    if configs is None:
+        return [None] * len(names)
+    if isinstance(configs, Mapping):
+        return [configs.get(n) for n in names]
+    configs = list(configs)
+    return [configs[i] if i < len(configs) else None for i in range(len(names))]

@@ -1,0 +1,263 @@
+"""UQ learners' shared part: tasks, configuration and the per-lane loop.
+
+Each iteration of a UQ learner trains an *ensemble*: one simulation, then for
+every model name a training task and ``num_predictions`` prediction tasks; an
+uncertainty task scores the predictions, an active-learning task picks the
+next queries, and the stop criterion validates each model.
+
+How tasks tell the models apart (the keys older ROSE scripts read):
+
+- training, prediction and the criterion get ``kwargs["--model_name"]``
+  (:data:`MODEL_NAME_KWARG`);
+- prediction also gets ``kwargs["--iteration"]`` (:data:`PREDICTION_INDEX_KWARG`),
+  the index 0…num_predictions-1 of that prediction for its model.
+
+These win over a TaskConfig's kwargs of the same name.  Data flow:
+training receives the simulation's result, each prediction its model's
+training result, the uncertainty task every prediction result (model order,
+then prediction index), and active learning the uncertainty result (or the
+predictions when no uncertainty task is registered).
+
+Stopping: the run ends with ``criterion_met`` when the uncertainty score
+reaches its threshold (checked before active learning), or when every model
+met the stop criterion (a model that met it stops training; the iteration's
+``metric_value`` is the mean over the models still validated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from rose import metrics
+from rose.learner import Lane, Learner, LearnerConfig, Schedule, TaskConfig
+from rose.tracking import IterationState
+
+log = logging.getLogger(__name__)
+
+#: Keyword through which training, prediction and criterion tasks get their model's name.
+MODEL_NAME_KWARG = "--model_name"
+#: Keyword through which a prediction task gets its index among its model's predictions.
+PREDICTION_INDEX_KWARG = "--iteration"
+#: Model names used when ``start()`` is given none: a single model.
+DEFAULT_MODEL_NAMES: tuple[str, ...] = ("model",)
+
+
+@dataclass
+class UQLearnerConfig(LearnerConfig):
+    """LearnerConfig with the UQ learners' two extra tasks."""
+
+    prediction: Schedule = None
+    uncertainty: Schedule = None
+
+
+@dataclass
+class _Ensemble:
+    """What one simulation → training → prediction stage produced."""
+
+    simulation: Any
+    training: dict[str, Any]
+    predictions: list[Any]
+
+
+class UQLearner(Learner):
+    """Task decorators and the loop shared by SeqUQLearner and ParallelUQLearner."""
+
+    roles = ("simulation", "training", "prediction", "uncertainty", "active_learn")
+    stop_roles = ("criterion", "uncertainty")
+
+    def simulation_task(self, func: Callable | None = None, /, **options: Any) -> Callable:
+        return self._decorator("simulation", func, options)
+
+    def training_task(self, func: Callable | None = None, /, **options: Any) -> Callable:
+        """Register the task that trains one model (its name in ``kwargs["--model_name"]``)."""
+        return self._decorator("training", func, options)
+
+    def prediction_task(self, func: Callable | None = None, /, **options: Any) -> Callable:
+        """Register the task that predicts with one trained model (see module docstring)."""
+        return self._decorator("prediction", func, options)
+
+    def active_learn_task(self, func: Callable | None = None, /, **options: Any) -> Callable:
+        return self._decorator("active_learn", func, options)
+
+    def uncertainty_quantification(
+        self,
+        uq_metric_name: str,
+        query_size: int,
+        threshold: float,
+        operator: str = "",
+        as_executable: bool = True,
+        **options: Any,
+    ) -> Callable[[Callable], Callable]:
+        """Register the task that scores the ensemble's predictions with ``uq_metric_name``.
+
+        Its result is read like a criterion's (a number, numeric stdout, or a
+        dict holding ``uq_metric_name``); the run stops once it passes
+        ``threshold`` (``operator``, or the metric's own in ``rose.metrics``).
+        ``query_size`` is how many points active learning should query; it is
+        recorded, with the metric, in the task's ``log_params`` for trackers.
+        """
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+        if isinstance(query_size, bool) or not isinstance(query_size, int) or query_size < 1:
+            raise ValueError(f"query_size must be an int >= 1, got {query_size!r}")
+        op = metrics.resolve_operator(uq_metric_name, operator)
+        user_params = options.pop("log_params", None) or {}
+        log_params = {
+            "uq_metric_name": uq_metric_name,
+            "query_size": query_size,
+            "threshold": float(threshold),
+            "operator": op,
+            **user_params,
+        }
+        return self._decorator(
+            "uncertainty",
+            None,
+            {"as_executable": as_executable, "log_params": log_params, **options},
+            metric_name=uq_metric_name,
+            threshold=float(threshold),
+            operator=op,
+        )
+
+    # ------------------------------------------------------------ checks
+
+    def _check_tasks(self, max_iter: int, model_names: list[str], num_predictions: int) -> None:
+        self._require("simulation", "training", "prediction", "active_learn")
+        self._check_max_iter(max_iter)
+        if not model_names:
+            raise ValueError("model_names must name at least one model")
+        if len(set(model_names)) != len(model_names):
+            raise ValueError(f"model_names must be unique, got {model_names}")
+        if (
+            isinstance(num_predictions, bool)
+            or not isinstance(num_predictions, int)
+            or num_predictions < 1
+        ):
+            raise ValueError(f"num_predictions must be an int >= 1, got {num_predictions!r}")
+
+    # ------------------------------------------------------------ loop
+
+    def _submit_for(
+        self, role: str, lane: Lane, iteration: int, extra: dict[str, Any], *deps: Any
+    ) -> Any:
+        config = lane.config.task_config(role, iteration) if lane.config else None
+        config = config or TaskConfig()
+        config = replace(config, kwargs={**config.kwargs, **extra})
+        return self._submit(self._tasks[role], config, *deps)
+
+    async def _ensemble(
+        self, lane: Lane, iteration: int, models: list[str], num_predictions: int
+    ) -> _Ensemble:
+        """One simulation, then every model's training and predictions, concurrently."""
+        sim = self.submit("simulation", lane, iteration)
+        trainings = {
+            m: self._submit_for("training", lane, iteration, {MODEL_NAME_KWARG: m}, sim)
+            for m in models
+        }
+        predictions = [
+            self._submit_for(
+                "prediction",
+                lane,
+                iteration,
+                {MODEL_NAME_KWARG: m, PREDICTION_INDEX_KWARG: k},
+                trainings[m],
+            )
+            for m in models
+            for k in range(num_predictions)
+        ]
+        return _Ensemble(
+            simulation=await sim,
+            training={m: await f for m, f in trainings.items()},
+            predictions=[await f for f in predictions],
+        )
+
+    def _record(self, lane: Lane, stage: _Ensemble) -> None:
+        """Simulation dicts go into state as they are; training dicts under ``<model>/<key>``."""
+        self.extract_state(lane, stage.simulation)
+        for model, result in stage.training.items():
+            per_model = Lane(learner_id=lane.learner_id)
+            self.extract_state(per_model, result)
+            lane.state.update({f"{model}/{k}": v for k, v in per_model.state.items()})
+
+    async def _lane(
+        self,
+        lane: Lane,
+        model_names: list[str],
+        num_predictions: int,
+        max_iter: int,
+        skip_pre_loop: bool,
+    ) -> AsyncIterator[IterationState]:
+        models = list(model_names)  # the models still training
+        stage: _Ensemble | None = None
+        if not skip_pre_loop:
+            stage = await self._ensemble(lane, 0, models, num_predictions)
+
+        for i in self._iterations(max_iter):
+            if self._stop_requested:
+                return
+            lane.take_pending_config()
+            lane.state.clear()
+            predictions: list[Any] = []
+            if stage is not None:
+                self._record(lane, stage)
+                predictions = stage.predictions
+
+            acl_inputs: list[Any] = predictions
+            if self.has_task("uncertainty"):
+                uq_result = await self.submit("uncertainty", lane, i, *predictions)
+                if self._stop_requested:
+                    return
+                uq_met, uq_value = self.check_criterion(lane, uq_result, role="uncertainty")
+                lane.state["uq_value"] = uq_value
+                if uq_met:
+                    log.info(
+                        "learner %s: uncertainty %.6g met its threshold", lane.learner_id, uq_value
+                    )
+                    yield self.build_state(lane, i, None, True)
+                    lane.end_reason = "criterion_met"
+                    return
+                acl_inputs = [uq_result]
+
+            acl_result = await self.submit("active_learn", lane, i, *acl_inputs)
+            if self._stop_requested:
+                return
+            self.extract_state(lane, acl_result)
+
+            metric_value, should_stop = None, False
+            if self.has_task("criterion"):
+                checks = [
+                    self._submit_for("criterion", lane, i, {MODEL_NAME_KWARG: m}) for m in models
+                ]
+                results = await asyncio.gather(*checks)
+                if self._stop_requested:
+                    return
+                values: dict[str, float] = {}
+                for model, result in zip(list(models), results, strict=True):
+                    met, values[model] = self.check_criterion(lane, result)
+                    if met:
+                        models.remove(model)
+                lane.state["criterion_values"] = values
+                metric_value = sum(values.values()) / len(values)
+                should_stop = not models
+
+            yield self.build_state(lane, i, metric_value, should_stop)
+            if should_stop:
+                lane.end_reason = "criterion_met"
+                return
+            if self._stop_requested or (max_iter and i == max_iter - 1):
+                return
+
+            lane.take_pending_config()
+            stage = await self._ensemble(lane, i + 1, models, num_predictions)
+
+
+def model_list(model_names: Sequence[str] | str | None) -> list[str]:
+    """``model_names`` as a list: one bare name is one model; None is the default."""
+    if model_names is None:
+        return list(DEFAULT_MODEL_NAMES)
+    if isinstance(model_names, str):
+        return [model_names]
+    return [str(m) for m in model_names]
