@@ -1,0 +1,527 @@
+"""The broker: receives events from learners, stores them durably, forwards them to sinks.
+
+Three sockets, all bound by the broker:
+
+- frontend (XSUB, learners connect their BusTracker): the broker subscribes to
+  everything at once, so a learner's XPUB sees ``\\x01`` as "broker up";
+- backend (XPUB, sinks connect a SUB): every *new* event, with its offset in the
+  header, after it reached the store;
+- replay (ROUTER, BusClient connects a DEALER): catch-up and status requests.
+
+Each received event is checked from its topic and header alone (payloads are
+never decoded), deduplicated by (run, seq), appended to the store, handed to
+the OS and only then forwarded.  Bad frames are counted, logged once per kind
+with a count, and skipped.
+
+``Broker`` is only the logic; ``Broker.run()`` blocks in whatever thread calls
+it until ``stop()``.  ``BrokerThread`` runs it in a thread (tests, demos, embedded
+use); ``rose bus`` runs it in the main thread of its own process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import resource
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+
+from bus.store import DEFAULT_FSYNC_INTERVAL_S, DEFAULT_SEGMENT_BYTES, EventStore, Record
+from bus.wire import (
+    DEFAULT_BACKEND,
+    DEFAULT_FRONTEND,
+    DEFAULT_MAX_EVENT_BYTES,
+    DEFAULT_REPLAY,
+    WireError,
+    parse_header,
+)
+from rose.events import RUN_ID_RE, SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+
+#: Name of the connection file the broker writes into its store directory.
+BUS_FILE = "bus.json"
+DEFAULT_HWM = 100_000
+#: Messages handled per socket per loop turn, so no socket starves the others.
+BATCH = 2000
+POLL_MS = 100
+#: A broker with fewer open files than this cannot serve a large ensemble.
+WANTED_OPEN_FILES = 4096
+MAX_REQUEST_BYTES = 64 * 1024
+MAX_FETCH_LIMIT = 10_000
+MAX_REPLY_BYTES = 8 * 1024 * 1024
+#: Rejected-message summaries are logged at most this often.
+REJECT_LOG_INTERVAL_S = 60.0
+
+
+class BrokerError(RuntimeError):
+    """The broker cannot start (endpoint in use, store locked, ...)."""
+
+
+@dataclass
+class Counters:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    forwarded: int = 0
+    requests: int = 0
+    bad_requests: int = 0
+    rejected_by: dict[str, int] = field(default_factory=dict)
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def raise_open_files_limit(wanted: int = WANTED_OPEN_FILES) -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; warn when even that is low.
+
+    Each connected learner holds one file descriptor in the broker.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        if soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the open-files limit: %s", exc)
+        return -1
+    if soft < wanted:
+        log.warning(
+            "open-files limit is %d even after raising it to the hard limit: this broker "
+            "can serve only about %d concurrent learners; ask for a higher hard limit "
+            "(ulimit -Hn, /etc/security/limits.conf) for large ensembles",
+            soft,
+            max(soft - 64, 0),
+        )
+    return soft
+
+
+def _connectable(sock: zmq.Socket) -> str:
+    """The endpoint a client should connect to (resolves port ``*`` and wildcard hosts)."""
+    ep = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    for wildcard in ("tcp://0.0.0.0:", "tcp://[::]:"):
+        if ep.startswith(wildcard):
+            return f"tcp://{socket.gethostname()}:{ep[len(wildcard) :]}"
+    return ep
+
+
+def _int_arg(req: dict, key: str, default: int, lo: int, hi: int) -> int:
+    value = req.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise _BadRequest(f"{key} must be an int in [{lo}, {hi}]")
+    return value
+
+
+def _event_rows(records: list[Record]) -> list[list[Any]]:
+    return [[r.offset, r.run, r.seq, r.kind, r.payload] for r in records]
+
+
+class Broker:
+    """Broker logic: bind, then serve until ``stop()``.  See the module docstring."""
+
+    def __init__(
+        self,
+        store_dir: str | os.PathLike[str],
+        frontend: str = DEFAULT_FRONTEND,
+        backend: str = DEFAULT_BACKEND,
+        replay: str = DEFAULT_REPLAY,
+        *,
+        hwm: int = DEFAULT_HWM,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        fsync_interval_s: float = DEFAULT_FSYNC_INTERVAL_S,
+        write_bus_file: bool = True,
+    ) -> None:
+        if hwm <= 0 or max_event_bytes <= 0:
+            raise ValueError("hwm and max_event_bytes must be positive")
+        self.store_dir = Path(store_dir)
+        self.requested = {"frontend": frontend, "backend": backend, "replay": replay}
+        self.hwm = hwm
+        self.max_event_bytes = max_event_bytes
+        self.segment_bytes = segment_bytes
+        self.fsync_interval_s = fsync_interval_s
+        self.write_bus_file = write_bus_file
+        self.counters = Counters()
+        self.endpoints: dict[str, str] = {}
+        self.store_id = ""
+        #: Set once the sockets are bound and bus.json is written (or startup failed).
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self._stopping = threading.Event()
+        self._started = time.time()
+        self._reject_logged = 0
+        self._reject_log_at = 0.0
+        self._store: EventStore | None = None
+
+    @property
+    def bus_file(self) -> Path:
+        return self.store_dir / BUS_FILE
+
+    def stop(self) -> None:
+        """Ask ``run()`` to flush and return; safe from any thread and from signal handlers."""
+        self._stopping.set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def run(self, on_ready: Callable[[Broker], None] | None = None) -> None:
+        """Bind, serve until ``stop()``, then flush the store and close everything.
+
+        ``on_ready(broker)`` runs once the endpoints are bound and bus.json is written.
+        """
+        raise_open_files_limit()
+        ctx: zmq.Context | None = None
+        sockets: list[zmq.Socket] = []
+        try:
+            self._store = EventStore(
+                self.store_dir,
+                segment_bytes=self.segment_bytes,
+                fsync_interval_s=self.fsync_interval_s,
+            )
+            self.store_id = self._store.store_id
+            ctx = zmq.Context()
+            front, back, rep = self._bind(ctx, sockets)
+            if self.write_bus_file:
+                self._write_bus_file()
+        except BaseException as exc:
+            self.error = exc
+            self.ready.set()
+            self._close(ctx, sockets)
+            raise
+        log.info(
+            "broker up: learners -> %s, sinks -> %s, requests -> %s, store %s (id %s)",
+            self.endpoints["frontend"],
+            self.endpoints["backend"],
+            self.endpoints["replay"],
+            self.store_dir,
+            self.store_id,
+        )
+        self.ready.set()
+        try:
+            if on_ready is not None:
+                on_ready(self)
+            self._loop(front, back, rep)
+        finally:
+            self._close(ctx, sockets)
+            self._log_rejects(final=True)
+            log.info(
+                "broker stopped: received %d, stored %d, duplicates %d, rejected %d",
+                self.counters.received,
+                self.counters.stored,
+                self.counters.duplicates,
+                self.counters.rejected,
+            )
+
+    def _bind(self, ctx: zmq.Context, sockets: list[zmq.Socket]) -> tuple[zmq.Socket, ...]:
+        front = ctx.socket(zmq.XSUB)
+        sockets.append(front)
+        front.setsockopt(zmq.RCVHWM, self.hwm)
+        # libzmq disconnects a peer sending more than this; smaller oversized
+        # messages reach the loop, where they are counted and skipped.
+        front.setsockopt(zmq.MAXMSGSIZE, 2 * self.max_event_bytes)
+        back = ctx.socket(zmq.XPUB)
+        sockets.append(back)
+        back.setsockopt(zmq.SNDHWM, self.hwm)
+        back.setsockopt(zmq.MAXMSGSIZE, 4096)  # sinks only send subscriptions
+        rep = ctx.socket(zmq.ROUTER)
+        sockets.append(rep)
+        rep.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        rep.setsockopt(zmq.SNDHWM, 1000)
+        for sock in sockets:
+            sock.setsockopt(zmq.LINGER, 0)
+        for name, sock in zip(("frontend", "backend", "replay"), sockets, strict=True):
+            ep = self.requested[name]
+            try:
+                sock.bind(ep)
+            except zmq.ZMQError as exc:
+                raise BrokerError(f"cannot bind the {name} endpoint {ep}: {exc}") from None
+            self.endpoints[name] = _connectable(sock)
+        front.send(b"\x01")  # subscribe to everything: "broker up" for every learner
+        return front, back, rep
+
+    def _write_bus_file(self) -> None:
+        info = {
+            "version": 1,
+            **self.endpoints,
+            "store": str(self.store_dir.resolve()),
+            "store_id": self.store_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+        tmp = self.bus_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp, self.bus_file)
+
+    def _close(self, ctx: zmq.Context | None, sockets: list[zmq.Socket]) -> None:
+        for sock in sockets:
+            sock.close(linger=0)
+        if self._store is not None:
+            try:
+                self._store.close()
+            except OSError:
+                log.exception("closing the store %s failed", self.store_dir)
+            self._store = None
+        if ctx is not None:
+            ctx.term()
+
+    # ------------------------------------------------------------ serving
+
+    def _loop(self, front: zmq.Socket, back: zmq.Socket, rep: zmq.Socket) -> None:
+        store = self._store
+        assert store is not None
+        poller = zmq.Poller()
+        for sock in (front, back, rep):
+            poller.register(sock, zmq.POLLIN)
+        while not self._stopping.is_set():
+            ready = dict(poller.poll(POLL_MS))
+            if front in ready:
+                self._pump(front, back, store)
+            if back in ready:
+                self._drain_subscriptions(back)
+            if rep in ready:
+                self._serve(rep, store)
+            now = time.monotonic()
+            store.maybe_sync(now)
+            if self.counters.rejected != self._reject_logged:
+                self._log_rejects(now=now)
+
+    def _pump(self, front: zmq.Socket, back: zmq.Socket, store: EventStore) -> None:
+        c = self.counters
+        forward: list[tuple[bytes, bytes, bytes]] = []
+        limit = self.max_event_bytes
+        for _ in range(BATCH):
+            try:
+                frames = front.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            c.received += 1
+            if len(frames) != 3:
+                self._reject("garbage", f"{len(frames)} frame(s), expected 3")
+                continue
+            topic, header, payload = frames
+            if len(payload) > limit:
+                self._reject("oversized", f"payload of {len(payload)} bytes > {limit}")
+                continue
+            try:
+                head = parse_header(topic, header)
+            except WireError as exc:
+                self._reject(exc.reason, str(exc))
+                continue
+            added = store.add(head.run, head.seq, head.kind, payload)
+            if added is None:
+                c.duplicates += 1
+                continue
+            forward.append((topic, added[1], payload))
+        if not forward:
+            return
+        store.write()  # the OS has every event before any sink hears of it
+        c.stored += len(forward)
+        for frames_out in forward:
+            try:
+                back.send_multipart(frames_out, zmq.NOBLOCK)
+            except zmq.Again:  # XPUB drops for slow sinks rather than block; they catch up
+                continue
+            c.forwarded += 1
+
+    def _drain_subscriptions(self, back: zmq.Socket) -> None:
+        for _ in range(BATCH):
+            try:
+                back.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+
+    def _reject(self, reason: str, detail: str) -> None:
+        c = self.counters
+        c.rejected += 1
+        c.rejected_by[reason] = c.rejected_by.get(reason, 0) + 1
+        if c.rejected_by[reason] == 1:
+            log.warning(
+                "rejected a message from a learner (%s: %s); further ones are counted "
+                "and summarized at most every %ds",
+                reason,
+                detail,
+                int(REJECT_LOG_INTERVAL_S),
+            )
+            self._reject_logged += 1
+
+    def _log_rejects(self, now: float | None = None, final: bool = False) -> None:
+        c = self.counters
+        if c.rejected == self._reject_logged:
+            return
+        now = time.monotonic() if now is None else now
+        if not final and now - self._reject_log_at < REJECT_LOG_INTERVAL_S:
+            return
+        self._reject_log_at = now
+        self._reject_logged = c.rejected
+        log.warning("rejected %d bad message(s) so far: %s", c.rejected, c.rejected_by)
+
+    # ------------------------------------------------------------ requests
+
+    def _serve(self, rep: zmq.Socket, store: EventStore) -> None:
+        for _ in range(64):
+            try:
+                frames = rep.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.counters.requests += 1
+            if len(frames) != 3 or frames[1] != b"":
+                self.counters.bad_requests += 1
+                continue
+            rid: Any = None
+            try:
+                req = msgpack.unpackb(frames[2], raw=False, strict_map_key=True)
+                if not isinstance(req, dict):
+                    raise _BadRequest("a request is a map")
+                rid = req.get("id")
+                if not (rid is None or isinstance(rid, (int, str))):
+                    rid = None
+                reply = self._answer(req, store)
+            except _BadRequest as exc:
+                self.counters.bad_requests += 1
+                reply = {"ok": False, "error": str(exc)}
+            except Exception as exc:  # undecodable request, or a bug: never kill the broker
+                self.counters.bad_requests += 1
+                if not isinstance(exc, (ValueError, TypeError)):
+                    log.exception("request failed")
+                reply = {"ok": False, "error": f"bad request: {type(exc).__name__}"}
+            reply["id"] = rid
+            # A client that is gone or not reading loses its reply; never block on it.
+            with contextlib.suppress(zmq.ZMQError):
+                rep.send_multipart([frames[0], b"", msgpack.packb(reply)], zmq.NOBLOCK)
+
+    def _answer(self, req: dict, store: EventStore) -> dict[str, Any]:
+        op = req.get("op")
+        base = {"ok": True, "store_id": store.store_id, "next_offset": store.next_offset}
+        if op == "hello":
+            return {**base, "endpoints": dict(self.endpoints), "v": SCHEMA_VERSION}
+        if op == "fetch":
+            start = _int_arg(req, "from", 0, 0, 2**63 - 1)
+            limit = _int_arg(req, "limit", 1000, 1, MAX_FETCH_LIMIT)
+            return {**base, "events": _event_rows(store.read(start, limit, MAX_REPLY_BYTES))}
+        if op == "runs":
+            return {**base, "runs": store.run_summaries()}
+        if op == "run_events":
+            run = req.get("run")
+            if not isinstance(run, str) or not RUN_ID_RE.match(run):
+                raise _BadRequest("run must be a valid run id")
+            from_seq = _int_arg(req, "from_seq", 0, 0, 2**63 - 1)
+            limit = _int_arg(req, "limit", 1000, 1, MAX_FETCH_LIMIT)
+            offsets = store.run_offsets(run, from_seq)
+            records = [store.read_one(o) for o in offsets[:limit]]
+            return {**base, "events": _event_rows(records), "more": len(offsets) > limit}
+        if op == "stats":
+            return {**base, "stats": self.stats(store)}
+        raise _BadRequest(f"unknown op {str(op)[:40]!r}")
+
+    def stats(self, store: EventStore | None = None) -> dict[str, Any]:
+        """Counters and per-run progress (served to ``rose status`` and tests)."""
+        store = store or self._store
+        c = self.counters
+        runs = {} if store is None else {r: i.last_seq for r, i in store.runs.items()}
+        return {
+            "received": c.received,
+            "stored": c.stored,
+            "duplicates": c.duplicates,
+            "rejected": c.rejected,
+            "rejected_by": dict(c.rejected_by),
+            "forwarded": c.forwarded,
+            "requests": c.requests,
+            "bad_requests": c.bad_requests,
+            "events": 0 if store is None else store.next_offset,
+            "runs": runs,
+            "store_id": self.store_id,
+            "endpoints": dict(self.endpoints),
+            "pid": os.getpid(),
+            "uptime_s": time.time() - self._started,
+        }
+
+
+class BrokerThread:
+    """Run a Broker in a background thread: ``with BrokerThread(dir) as b: b.frontend ...``.
+
+    Endpoints default to random free loopback ports; the bound ones are in
+    ``frontend``, ``backend``, ``replay`` and in ``bus_file``.
+    """
+
+    def __init__(
+        self,
+        store_dir: str | os.PathLike[str],
+        frontend: str = "tcp://127.0.0.1:*",
+        backend: str = "tcp://127.0.0.1:*",
+        replay: str = "tcp://127.0.0.1:*",
+        **options: Any,
+    ) -> None:
+        self.broker = Broker(store_dir, frontend, backend, replay, **options)
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout: float = 10.0) -> BrokerThread:
+        self._thread = threading.Thread(target=self._run, name="rose-bus-broker", daemon=True)
+        self._thread.start()
+        if not self.broker.ready.wait(timeout):
+            self.stop()
+            raise BrokerError(f"broker did not start within {timeout}s")
+        if self.broker.error is not None:
+            raise BrokerError(str(self.broker.error)) from self.broker.error
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.broker.run()
+        except Exception:
+            if self.broker.error is None:
+                log.exception("broker thread failed")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.broker.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("broker thread did not stop within %.1fs", timeout)
+
+    @property
+    def frontend(self) -> str:
+        return self.broker.endpoints["frontend"]
+
+    @property
+    def backend(self) -> str:
+        return self.broker.endpoints["backend"]
+
+    @property
+    def replay(self) -> str:
+        return self.broker.endpoints["replay"]
+
+    @property
+    def bus_file(self) -> Path:
+        return self.broker.bus_file
+
+    @property
+    def store_id(self) -> str:
+        return self.broker.store_id
+
+    def __enter__(self) -> BrokerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+__all__ = [
+    "BUS_FILE",
+    "Broker",
+    "BrokerError",
+    "BrokerThread",
+    "Counters",
+    "raise_open_files_limit",
+]

@@ -1,0 +1,300 @@
+"""Client side of the broker for sinks and tools: requests, catch-up and live follow.
+
+``BusClient.subscribe(from_offset)`` is the one primitive a sink needs: it
+yields every stored event with offset >= from_offset exactly once, in offset
+order, first from the store, then live, re-fetching from the store whenever
+the live stream skips an offset (a slow sink dropped by the broker's HWM, a
+subscription that was not active yet, a broker restart).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import msgpack
+import zmq
+
+from bus.wire import WireError, parse_header
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_MS = 5000
+DEFAULT_IDLE_MS = 1000
+SUB_HWM = 100_000
+
+
+class BusError(RuntimeError):
+    """The broker did not answer in time, or answered with an error."""
+
+
+class StoreChangedError(BusError):
+    """The broker now serves a different store (recreated): offsets no longer match."""
+
+
+class StoredEvent(NamedTuple):
+    """One event as stored by the broker; ``rose.events.decode(payload)`` gives the event."""
+
+    offset: int
+    run: str
+    seq: int
+    kind: str
+    payload: bytes
+
+
+def read_bus_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a broker's connection file (``<store>/bus.json``); ValueError says what is wrong."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / "bus.json"
+    try:
+        info = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ValueError(
+            f"no bus file at {p}: start the broker first (`rose bus --store {p.parent}`) "
+            "or pass its endpoints explicitly"
+        ) from None
+    except ValueError as exc:
+        raise ValueError(f"{p} is not a valid bus file: {exc}") from None
+    missing = [k for k in ("frontend", "backend", "replay") if not isinstance(info.get(k), str)]
+    if missing:
+        raise ValueError(f"{p} is not a valid bus file: missing {', '.join(missing)}")
+    return info
+
+
+def _rows(rows: Any) -> list[StoredEvent]:
+    if not isinstance(rows, list):
+        raise BusError("malformed reply from the broker: events is not a list")
+    try:
+        return [StoredEvent(*row) for row in rows]
+    except TypeError as exc:
+        raise BusError(f"malformed event row from the broker: {exc}") from None
+
+
+class BusClient:
+    """Talks to a broker's request endpoint (``replay``) and follows its ``backend``.
+
+    Every request waits at most ``timeout_ms`` and raises BusError when the
+    broker does not answer.  Not thread-safe: one client per thread.
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        replay: str,
+        *,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.backend = backend
+        self.replay = replay
+        self.timeout_ms = timeout_ms
+        self._ctx = context or zmq.Context.instance()
+        self._req: zmq.Socket | None = None
+        self._ids = itertools.count(1)
+        self._subs: list[zmq.Socket] = []
+        self._closed = False
+
+    @classmethod
+    def from_file(cls, bus_json_path: str | os.PathLike[str], **kwargs: Any) -> BusClient:
+        info = read_bus_file(bus_json_path)
+        return cls(info["backend"], info["replay"], **kwargs)
+
+    # ------------------------------------------------------------ requests
+
+    def _socket(self) -> zmq.Socket:
+        if self._closed:
+            raise BusError("client is closed")
+        if self._req is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RECONNECT_IVL, 50)
+            sock.setsockopt(zmq.MAXMSGSIZE, 64 * 1024 * 1024)
+            sock.connect(self.replay)
+            self._req = sock
+        return self._req
+
+    def _reset(self) -> None:
+        if self._req is not None:
+            self._req.close(linger=0)
+            self._req = None
+
+    def request(self, op: str, **args: Any) -> dict[str, Any]:
+        """Send one request and wait (bounded) for its reply; BusError on timeout or error."""
+        sock = self._socket()
+        rid = next(self._ids)
+        sock.send_multipart([b"", msgpack.packb({"op": op, "id": rid, **args})])
+        remaining = self.timeout_ms
+        deadline = _now_ms() + remaining
+        while remaining > 0:
+            if not sock.poll(remaining, zmq.POLLIN):
+                break
+            frames = sock.recv_multipart()
+            remaining = deadline - _now_ms()
+            try:
+                reply = msgpack.unpackb(frames[-1], raw=False)
+            except Exception:
+                continue
+            if not isinstance(reply, dict) or reply.get("id") != rid:
+                continue  # a late answer to an earlier, timed-out request
+            if not reply.get("ok"):
+                raise BusError(f"broker refused {op!r}: {reply.get('error')}")
+            return reply
+        self._reset()  # drop queued requests so a returning broker does not answer stale ones
+        raise BusError(
+            f"broker at {self.replay} did not answer {op!r} within {self.timeout_ms} ms "
+            "(is `rose bus` running there?)"
+        )
+
+    def store_id(self) -> str:
+        return str(self.request("hello")["store_id"])
+
+    def fetch(self, from_offset: int, limit: int = 1000) -> list[StoredEvent]:
+        """Stored events with offset >= from_offset, in offset order (at most ``limit``)."""
+        return _rows(self.request("fetch", **{"from": from_offset, "limit": limit})["events"])
+
+    def runs(self) -> list[dict[str, Any]]:
+        """One summary per stored run: run, first_seq, last_seq, count, last_offset."""
+        return list(self.request("runs")["runs"])
+
+    def run_events(self, run: str, from_seq: int = 0) -> list[StoredEvent]:
+        """Every stored event of ``run`` with seq >= from_seq, in seq order."""
+        out: list[StoredEvent] = []
+        while True:
+            reply = self.request("run_events", run=run, from_seq=from_seq, limit=1000)
+            page = _rows(reply["events"])
+            out.extend(page)
+            if not reply.get("more") or not page:
+                return out
+            from_seq = page[-1].seq + 1
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.request("stats")["stats"])
+
+    # ------------------------------------------------------------ following
+
+    def subscribe(
+        self,
+        from_offset: int,
+        prefix: str = "rose.",
+        *,
+        idle_timeout_ms: int = DEFAULT_IDLE_MS,
+        batch: int = 1000,
+    ) -> Iterator[StoredEvent | None]:
+        """Every stored event with offset >= from_offset, exactly once, in offset order.
+
+        Catches up from the store, then follows live events (buffered by the
+        SUB socket meanwhile), re-fetching from the store at any gap.  Yields
+        None after ``idle_timeout_ms`` without events, so the caller can check
+        for shutdown; while idle it also asks the store for anything the live
+        stream missed.  An unreachable broker only means more Nones; a replaced
+        store raises StoreChangedError.
+        """
+        sub = self._ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, SUB_HWM)
+        sub.setsockopt(zmq.RECONNECT_IVL, 50)
+        sub.setsockopt(zmq.MAXMSGSIZE, 64 * 1024 * 1024)
+        sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        sub.connect(self.backend)
+        self._subs.append(sub)
+        want = prefix.encode()
+        next_offset = max(0, from_offset)
+        store_id: str | None = None
+
+        def catch_up(until: int | None) -> Iterator[StoredEvent]:
+            # Fetch from the store until caught up (or up to ``until``, exclusive).
+            nonlocal next_offset, store_id
+            while until is None or next_offset < until:
+                reply = self.request("fetch", **{"from": next_offset, "limit": batch})
+                sid = str(reply.get("store_id"))
+                if store_id is None:
+                    store_id = sid
+                elif sid != store_id:
+                    raise StoreChangedError(
+                        f"the broker's store changed from {store_id} to {sid}: "
+                        "offsets from the old store do not apply"
+                    )
+                page = _rows(reply["events"])
+                for ev in page:
+                    if ev.offset < next_offset:
+                        continue
+                    if until is not None and ev.offset >= until:
+                        return
+                    next_offset = ev.offset + 1
+                    if ev.run and f"rose.{ev.run}.{ev.kind}".encode().startswith(want):
+                        yield ev
+                if not page:
+                    return
+
+        try:
+            try:
+                yield from catch_up(None)
+            except StoreChangedError:
+                raise
+            except BusError as exc:
+                log.warning("catch-up from %s failed (%s); will retry", self.replay, exc)
+                yield None
+            while True:
+                if not sub.poll(idle_timeout_ms, zmq.POLLIN):
+                    try:
+                        yield from catch_up(None)
+                    except StoreChangedError:
+                        raise
+                    except BusError:
+                        pass
+                    yield None
+                    continue
+                frames = sub.recv_multipart()
+                try:
+                    if len(frames) != 3:
+                        raise WireError("garbage", "expected 3 frames")
+                    head = parse_header(frames[0], frames[1], need_offset=True)
+                except WireError as exc:
+                    log.warning("ignoring a malformed message from the broker: %s", exc)
+                    continue
+                offset = head.offset
+                assert offset is not None
+                if offset < next_offset:
+                    continue  # already yielded from the store
+                if offset > next_offset:
+                    try:
+                        yield from catch_up(offset)
+                    except StoreChangedError:
+                        raise
+                    except BusError as exc:
+                        log.warning("could not fill the gap before offset %d: %s", offset, exc)
+                        yield None
+                        continue  # the idle catch-up fills it later
+                if offset != next_offset:
+                    continue
+                next_offset = offset + 1
+                yield StoredEvent(offset, head.run, head.seq, head.kind, frames[2])
+        finally:
+            sub.close(linger=0)
+            if sub in self._subs:
+                self._subs.remove(sub)
+
+    def close(self) -> None:
+        """Close every socket of this client (idempotent)."""
+        self._reset()
+        for sub in self._subs:
+            sub.close(linger=0)
+        self._subs.clear()
+        self._closed = True
+
+    def __enter__(self) -> BusClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _now_ms() -> int:
+    return int(time.monotonic() * 1000)

@@ -1,0 +1,108 @@
+"""The bus wire format: what travels between learners, the broker and sinks.
+
+A message is three ZeroMQ frames ``[topic, header, payload]``:
+
+- ``topic``: ``rose.<run>.<kind>``, so subscribers can filter by prefix;
+- ``header``: a tiny msgpack map ``{v, run, seq, kind}`` plus ``offset`` once
+  the broker has stored the event; the broker routes, dedupes and stores from
+  the topic and the header alone;
+- ``payload``: ``rose.events.encode(event)``, never decoded by the broker.
+
+Everything here is shared by the tracker, the broker, the store and the client,
+so the three sides cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import msgpack
+
+from rose.events import KINDS, MAX_EVENT_BYTES, RUN_ID_RE, SCHEMA_VERSION
+
+#: Default loopback endpoints of ``rose bus`` (learners, sinks, requests).
+DEFAULT_FRONTEND = "tcp://127.0.0.1:5555"
+DEFAULT_BACKEND = "tcp://127.0.0.1:5556"
+DEFAULT_REPLAY = "tcp://127.0.0.1:5557"
+
+#: A header larger than this is garbage: a real one is well under 200 bytes.
+MAX_HEADER_BYTES = 512
+#: A topic larger than this is garbage (``rose.`` + a 128-char run id + a kind).
+MAX_TOPIC_BYTES = 160
+#: Wire messages are checked against this payload size by default.
+DEFAULT_MAX_EVENT_BYTES = MAX_EVENT_BYTES
+
+_KIND_SET = frozenset(KINDS)
+_OFFSET_MAX = 2**63
+
+
+class WireError(ValueError):
+    """A frame set that is not a bus message; ``reason`` is a short counter name."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class Header(NamedTuple):
+    run: str
+    seq: int
+    kind: str
+    offset: int | None
+
+
+def topic_for(run: str, kind: str) -> bytes:
+    return f"rose.{run}.{kind}".encode()
+
+
+def make_header(run: str, seq: int, kind: str, offset: int | None = None) -> bytes:
+    head: dict[str, Any] = {"v": SCHEMA_VERSION, "run": run, "seq": seq, "kind": kind}
+    if offset is not None:
+        head["offset"] = offset
+    return msgpack.packb(head)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def parse_header(topic: bytes, header: bytes, *, need_offset: bool = False) -> Header:
+    """Check a topic and header pair; raise WireError naming what is wrong.
+
+    Cheap and bounded on hostile input: sizes are checked before decoding and
+    the run id must match the same pattern that makes it safe for file names.
+    """
+    if len(topic) > MAX_TOPIC_BYTES:
+        raise WireError("garbage", "topic too large")
+    head = decode_header(header, need_offset=need_offset)
+    if topic != topic_for(head.run, head.kind):
+        raise WireError("garbage", "topic does not match header")
+    return head
+
+
+def decode_header(header: bytes, *, need_offset: bool = False) -> Header:
+    """Decode and check a header on its own (the store keeps headers without topics)."""
+    if len(header) > MAX_HEADER_BYTES:
+        raise WireError("garbage", "header too large")
+    try:
+        head = msgpack.unpackb(header, raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise WireError("garbage", f"undecodable header: {type(exc).__name__}") from None
+    if not isinstance(head, dict):
+        raise WireError("garbage", "header is not a map")
+    v = head.get("v")
+    if v != SCHEMA_VERSION or isinstance(v, bool):
+        raise WireError("version", f"schema version {str(v)[:20]!r}, expected {SCHEMA_VERSION}")
+    run, seq, kind = head.get("run"), head.get("seq"), head.get("kind")
+    if not isinstance(run, str) or not RUN_ID_RE.match(run):
+        raise WireError("bad_run", f"invalid run id {str(run)[:40]!r}")
+    if not _is_int(seq) or not 0 <= seq < _OFFSET_MAX:
+        raise WireError("garbage", f"invalid seq {str(seq)[:20]!r}")
+    if kind not in _KIND_SET:
+        raise WireError("garbage", f"invalid kind {str(kind)[:20]!r}")
+    offset = head.get("offset")
+    if offset is not None and (not _is_int(offset) or not 0 <= offset < _OFFSET_MAX):
+        raise WireError("garbage", f"invalid offset {str(offset)[:20]!r}")
+    if need_offset and offset is None:
+        raise WireError("garbage", "header has no offset")
+    return Header(run, seq, kind, offset)
