@@ -97,4 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main: command modules raise *its* UsageError,
+    # not this __main__ copy's.
+    from rose.cli import main as _main
+
+    sys.exit(_main())
