@@ -67,7 +67,7 @@ def test_rose_plot_writes_one_curve_per_learner(parallel_log, tmp_path, capsys):
     "argv, message",
     [
         (["plot", "nope.jsonl", "-o", "x.png"], "no such log file: nope.jsonl"),
-        (["plot", "{log}", "-o", "x.pdf"], "output must be a .png"),
+        (["plot", "{log}", "-o", "x.pdf"], "output must be a .png file, got 'x.pdf'"),
     ],
 )
 def test_rose_plot_user_errors_are_one_line(parallel_log, tmp_path, argv, message):
