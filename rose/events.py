@@ -535,9 +535,11 @@ class EventFeed:
                 self.tracker.on_start(manifest_from_body(body))
             elif kind == "iteration":
                 hist = self._history_of(run, body)
-                if body.get("metric_value") is not None:
-                    hist.append(body["metric_value"])
-                self.tracker.on_iteration(state_from_body(body, hist))
+                value = body.get("metric_value")
+                seen = hist if value is None else [*hist, value]
+                self.tracker.on_iteration(state_from_body(body, seen))
+                if value is not None:  # only once delivered: a retried event counts once
+                    hist.append(value)
             else:
                 final = body.get("final_state")
                 state = None
