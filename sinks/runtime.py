@@ -1,0 +1,739 @@
+"""The sink runtime, written once and shared by every sink.
+
+It pulls events from a source (the broker's store: catch-up from the
+checkpointed offset, then live; or log files for replay), and for every run
+applies each ``(run, seq)`` exactly once and in seq order through that run's
+own :class:`~sinks.base.RunSink`:
+
+* duplicates (seq already applied or already buffered) are dropped;
+* out-of-order events wait in a bounded per-run buffer; a missing seq is
+  fetched from the store, and one the store does not hold after a grace
+  period is reported as a gap and skipped (counted, logged, in the status);
+* a failing backend is retried with capped exponential backoff; the run's
+  next seq (and the checkpointed offset) never moves past an unapplied
+  event, and other runs carry on meanwhile;
+* the checkpoint (store id, resume offset, next seq per run) and a status
+  file are replaced atomically; ``stop()`` (SIGTERM/SIGINT in the CLI)
+  finishes the batch in hand, flushes, checkpoints and returns.
+
+Everything runs on the caller's thread; ``stop()`` may come from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rose.events import EventError, check_run_id
+from sinks.base import ApplyResult, Outcome, RunSink, Sink
+from sinks.sources import EventSource, Item
+from sinks.state import StateDir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH = 500
+DEFAULT_BATCH_WAIT_MS = 50.0
+DEFAULT_MAX_PENDING_PER_RUN = 10_000
+DEFAULT_RETRY_INITIAL_MS = 100.0
+DEFAULT_RETRY_MAX_MS = 30_000.0
+DEFAULT_GAP_GRACE_MS = 5_000.0
+DEFAULT_FILL_INTERVAL_MS = 500.0
+DEFAULT_CHECKPOINT_INTERVAL_MS = 1_000.0
+DEFAULT_STATUS_INTERVAL_MS = 1_000.0
+DEFAULT_MAX_RUNS = 100_000
+STATUS_RUNS_SHOWN = 50
+MAX_INVALID_LOGGED = 20
+
+_END = object()
+
+
+@dataclass
+class RuntimeConfig:
+    """Knobs of the runtime; every buffer and wait is bounded by one of these."""
+
+    max_batch: int = DEFAULT_MAX_BATCH
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
+    max_pending_per_run: int = DEFAULT_MAX_PENDING_PER_RUN
+    retry_initial_ms: float = DEFAULT_RETRY_INITIAL_MS
+    retry_max_ms: float = DEFAULT_RETRY_MAX_MS
+    #: Attempts per event before it is skipped (counted as failed); None = retry forever.
+    max_attempts: int | None = None
+    gap_grace_ms: float = DEFAULT_GAP_GRACE_MS
+    fill_interval_ms: float = DEFAULT_FILL_INTERVAL_MS
+    checkpoint_interval_ms: float = DEFAULT_CHECKPOINT_INTERVAL_MS
+    status_interval_ms: float = DEFAULT_STATUS_INTERVAL_MS
+    #: Finished runs remembered for dedupe beyond this many are forgotten, oldest first.
+    max_runs: int = DEFAULT_MAX_RUNS
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_pending_per_run < 1:
+            raise ValueError("max_batch and max_pending_per_run must be at least 1")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1, or None to retry forever")
+
+
+@dataclass
+class Counters:
+    """What the runtime did; shown by ``rose status``."""
+
+    received: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    gaps: int = 0  # events reported missing and skipped
+    filled: int = 0  # events fetched from the store to fill a gap
+    retries: int = 0
+    failed: int = 0  # events skipped after the retry policy gave up, or rejected
+    invalid: int = 0  # events that do not decode or validate
+    overflow: int = 0  # events dropped from a full run buffer (refetched later)
+    store_changes: int = 0
+
+
+class _Run:
+    """Per-run bookkeeping."""
+
+    __slots__ = (
+        "name",
+        "next_seq",
+        "pending",
+        "backend",
+        "attempts",
+        "retry_at",
+        "last_error",
+        "behind_offset",
+        "gap_since",
+        "last_fill",
+        "done",
+        "applied",
+        "last_kind",
+        "iteration",
+        "metric_name",
+        "metric_value",
+        "last_ts",
+        "rate",
+        "_rate_mark",
+        "isolate_until",
+    )
+
+    def __init__(self, name: str, next_seq: int) -> None:
+        self.name = name
+        self.next_seq = next_seq
+        self.pending: dict[int, Item] = {}
+        self.backend: RunSink | None = None
+        self.attempts = 0
+        self.retry_at = 0.0
+        self.last_error = ""
+        self.behind_offset: int | None = None  # lowest offset dropped from a full buffer
+        self.gap_since: float | None = None
+        self.last_fill = float("-inf")
+        self.done = False
+        self.applied = 0
+        self.last_kind = ""
+        self.iteration: int | None = None
+        self.metric_name: str | None = None
+        self.metric_value: Any = None
+        self.last_ts: float | None = None
+        self.rate = 0.0
+        self._rate_mark = 0
+        #: After a batch raised, events up to this seq go one by one to find the culprit.
+        self.isolate_until = -1
+
+
+class SinkRuntime:
+    """Drive ``sink`` from ``source``; see the module docstring for the guarantees.
+
+    ``state_dir`` (a path or :class:`StateDir`) holds the checkpoint and the
+    status file; without it nothing is persisted (tests, one-shot replays).
+    ``clock`` is monotonic seconds (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        source: EventSource,
+        *,
+        state_dir: StateDir | str | os.PathLike[str] | None = None,
+        config: RuntimeConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        name: str | None = None,
+    ) -> None:
+        self.sink = sink
+        self.source = source
+        self.config = config or RuntimeConfig()
+        self.counters = Counters()
+        self.name = name or sink.name
+        if state_dir is not None and not isinstance(state_dir, StateDir):
+            state_dir = StateDir(state_dir)
+        self.state: StateDir | None = state_dir
+        self._clock = clock
+        self._stop = threading.Event()
+        self._runs: dict[str, _Run] = {}
+        self._ready: set[str] = set()
+        self._ckpt_runs: dict[str, int] = {}
+        self._offset = 0  # next offset the subscription will deliver
+        self._store_id: str | None = None
+        self._dirty = False
+        self._draining = False
+        self._next_ckpt = 0.0
+        self._next_status = 0.0
+        self._started_wall = time.time()
+        self._head: int | None = None
+        self._last_latency_s: float | None = None
+        self._gap_log: list[dict[str, Any]] = []
+        self._phase = "starting"
+        self._full = False
+        self._refetchable = bool(getattr(source, "refetchable", True))
+        self._last_status_t: float | None = None
+
+    # ------------------------------------------------------------ control
+
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, checkpoint and return; safe from any thread."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> Counters:
+        """Run until stopped, or until a bounded source is exhausted and drained."""
+        if self.state is not None:
+            self.state.acquire()
+        try:
+            self._restore()
+            self._phase = "running"
+            self._loop(self.source.subscribe(self._offset))
+        finally:
+            self._phase = "stopped"
+            try:
+                self._shutdown()
+            finally:
+                if self.state is not None:
+                    self.state.release()
+        return self.counters
+
+    def _loop(self, stream: Iterator[Item | None]) -> None:
+        while not self._stop.is_set():
+            if self._full:
+                # A source that cannot refetch: hold back instead of dropping events.
+                self._pump()
+                self._tick()
+                self._full = any(
+                    len(r.pending) >= self.config.max_pending_per_run for r in self._runs.values()
+                )
+                if self._full:
+                    self._wait_for_retry()
+                continue
+            exhausted = self._pull(stream)
+            self._pump()
+            if exhausted:
+                self._drain()
+                return
+            self._tick()
+
+    def _pull(self, stream: Iterator[Item | None]) -> bool:
+        """Accept up to one batch from ``stream``; True when a bounded source ended."""
+        cfg = self.config
+        deadline = self._clock() + cfg.batch_wait_ms / 1000.0
+        n = 0
+        while True:
+            item = next(stream, _END)
+            if item is _END:
+                return True
+            if item is None:
+                return False
+            self._offset = max(self._offset, item.offset + 1)  # type: ignore[union-attr]
+            self._accept(item)  # type: ignore[arg-type]
+            n += 1
+            if n >= cfg.max_batch or self._stop.is_set() or self._full:
+                return False
+            if n % 64 == 0 and self._clock() >= deadline:
+                return False
+
+    def _drain(self) -> None:
+        """A bounded source ended: apply everything left, waiting out retries."""
+        self._draining = True
+        while self._ready and not self._stop.is_set():
+            self._pump()
+            if not self._ready:
+                break
+            self._tick()
+            self._wait_for_retry()
+
+    def _wait_for_retry(self) -> None:
+        waits = [r.retry_at for name in self._ready if (r := self._runs.get(name))]
+        delay = max(0.0, min(waits, default=0.0) - self._clock())
+        self._stop.wait(min(delay, 0.5))
+
+    # ------------------------------------------------------------ restore / persist
+
+    def _restore(self) -> None:
+        ckpt = self.state.load_checkpoint() if self.state is not None else {}
+        self._store_id = self.source.store_id()
+        self._ckpt_runs = dict(ckpt.get("runs", {}))
+        self._offset = int(ckpt.get("offset", 0)) if self._store_id is not None else 0
+        old_id = ckpt.get("store_id")
+        if ckpt and old_id != self._store_id and self._store_id is not None:
+            # A replaced store reuses offsets: start it from 0, keep dedupe by (run, seq).
+            log.warning(
+                "%s: the broker store changed (checkpoint had %s, now %s); reading the new "
+                "store from its start, skipping events already applied",
+                self.name,
+                old_id,
+                self._store_id,
+            )
+            self.counters.store_changes += 1
+            self._offset = 0
+        if ckpt:
+            log.info(
+                "%s: resuming at offset %d with %d known run(s)",
+                self.name,
+                self._offset,
+                len(self._ckpt_runs),
+            )
+
+    def _low_water(self) -> int:
+        """The offset to resume from: nothing before it is left unapplied."""
+        low = self._offset
+        for run in self._runs.values():
+            if run.pending:
+                low = min(low, min(item.offset for item in run.pending.values()))
+            if run.behind_offset is not None:
+                low = min(low, run.behind_offset)
+        return low
+
+    def _tick(self) -> None:
+        now = self._clock()
+        interval = self.config.checkpoint_interval_ms / 1000.0
+        if self._dirty and (not self.sink.idempotent or now >= self._next_ckpt):
+            self._checkpoint()
+            self._next_ckpt = now + interval
+        if self.state is not None and now >= self._next_status:
+            self._write_status()
+            self._next_status = now + self.config.status_interval_ms / 1000.0
+
+    def _checkpoint(self) -> None:
+        if self.state is None:
+            self._dirty = False
+            return
+        for run in self._runs.values():
+            if run.backend is not None and not _safe_flush(run):
+                log.warning("%s: run %s did not flush; checkpoint deferred", self.name, run.name)
+                return
+        runs = dict(self._ckpt_runs)
+        runs.update({name: r.next_seq for name, r in self._runs.items()})
+        try:
+            self.state.save_checkpoint(self._store_id, self._low_water(), runs)
+            self._dirty = False
+        except OSError as exc:
+            log.error("%s: cannot write checkpoint: %s", self.name, exc)
+
+    def _write_status(self) -> None:
+        if self.state is None:
+            return
+        try:
+            self.state.save_status(self.status())
+        except (OSError, ValueError) as exc:
+            log.warning("%s: cannot write status: %s", self.name, exc)
+
+    def status(self) -> dict[str, Any]:
+        """Counters, lag and the most recently active runs, as plain data."""
+        now = self._clock()
+        if self._phase == "running":
+            try:
+                self._head = self.source.head_offset()
+            except Exception as exc:  # a status probe must never stop the sink
+                log.debug("head_offset failed: %s", exc)
+        pending = sum(len(r.pending) for r in self._runs.values())
+        lag = pending
+        if self._head is not None:
+            lag += max(0, self._head + 1 - self._offset)
+        runs = sorted(
+            (r for r in self._runs.values() if r.applied or r.pending),
+            key=lambda r: r.last_ts or 0.0,
+            reverse=True,
+        )[:STATUS_RUNS_SHOWN]
+        dt = now - self._last_status_t if self._last_status_t is not None else 0.0
+        self._last_status_t = now
+        for r in runs:
+            r.rate = (r.applied - r._rate_mark) / dt if dt > 0 else 0.0
+            r._rate_mark = r.applied
+        return {
+            "sink": self.name,
+            "pid": os.getpid(),
+            "phase": self._phase,
+            "time": time.time(),
+            "started": self._started_wall,
+            "store_id": self._store_id,
+            "offset": self._offset,
+            "head": self._head,
+            "lag": lag,
+            "latency_s": self._last_latency_s,
+            "counters": asdict(self.counters),
+            "interval_s": self.config.status_interval_ms / 1000.0,
+            "runs_tracked": len(self._runs),
+            "retrying": sorted(r.name for r in self._runs.values() if r.attempts)[:20],
+            "gap_reports": self._gap_log[-20:],
+            "runs": [
+                {
+                    "run": r.name,
+                    "next_seq": r.next_seq,
+                    "pending": len(r.pending),
+                    "kind": r.last_kind,
+                    "iteration": r.iteration,
+                    "metric_name": r.metric_name,
+                    "metric_value": _jsonable(r.metric_value),
+                    "ts": r.last_ts,
+                    "applied": r.applied,
+                    "events_per_s": round(r.rate, 1),
+                    "retrying": bool(r.attempts),
+                    "last_error": r.last_error[:200],
+                    "done": r.done,
+                    "retry_in_s": max(0.0, r.retry_at - now) if r.attempts else 0.0,
+                }
+                for r in runs
+            ],
+        }
+
+    def _shutdown(self) -> None:
+        for run in self._runs.values():
+            if run.backend is not None:
+                _safe_flush(run)
+        self._checkpoint()
+        for run in self._runs.values():
+            self._close_backend(run)
+        try:
+            self.sink.shutdown()
+        except Exception:
+            log.exception("%s: sink shutdown failed", self.name)
+        self._write_status()
+        try:
+            self.source.close()
+        except Exception:
+            log.exception("%s: closing the source failed", self.name)
+
+    # ------------------------------------------------------------ intake
+
+    def _run_state(self, name: str) -> _Run | None:
+        run = self._runs.get(name)
+        if run is not None:
+            return run
+        try:
+            check_run_id(name)
+        except EventError as exc:
+            self.counters.invalid += 1
+            self._log_invalid("rejecting an event: %s", exc)
+            return None
+        run = _Run(name, self._ckpt_runs.pop(name, 0))
+        self._runs[name] = run
+        self._open_backend(run)
+        if len(self._runs) > self.config.max_runs:
+            self._forget_finished()
+        return run
+
+    def _open_backend(self, run: _Run) -> bool:
+        try:
+            backend = self.sink.open_run(run.name)
+            resume = backend.resume_seq()
+        except Exception as exc:
+            # Opening is retried for as long as it takes: there is no event to skip.
+            self._schedule_retry(run, f"cannot open: {type(exc).__name__}: {exc}", None, exc)
+            return False
+        run.attempts = 0
+        run.backend = backend
+        if resume is not None and resume > run.next_seq:
+            log.info("%s: run %s already holds seqs below %d", self.name, run.name, resume)
+            run.next_seq = resume
+            for seq in [s for s in run.pending if s < resume]:
+                del run.pending[seq]
+                self.counters.duplicates += 1
+        return True
+
+    def _accept(self, item: Item, *, fill: bool = False) -> bool:
+        """Buffer ``item`` unless it is a duplicate; True when it was new."""
+        if not fill:
+            self.counters.received += 1
+        run = self._run_state(item.run)
+        if run is None:
+            return False
+        if item.seq < run.next_seq or item.seq in run.pending:
+            if not fill:
+                self.counters.duplicates += 1
+            return False
+        if len(run.pending) >= self.config.max_pending_per_run:
+            if not self._refetchable:
+                self._full = True
+            else:
+                self.counters.overflow += 1
+                if run.behind_offset is None or item.offset < run.behind_offset:
+                    run.behind_offset = item.offset
+                self._ready.add(run.name)
+                return False
+        try:
+            item.load()
+        except EventError as exc:
+            # Treated as never received: a valid copy may still come (or fill the gap).
+            if not fill:
+                self.counters.invalid += 1
+                self._log_invalid("run %s seq %d is invalid: %s", run.name, item.seq, exc)
+            return False
+        run.pending[item.seq] = item
+        if run.done:
+            run.done = False  # an event after stop (unusual): the run reopens
+        self._ready.add(run.name)
+        return True
+
+    def _log_invalid(self, msg: str, *args: Any) -> None:
+        n = self.counters.invalid
+        if n <= MAX_INVALID_LOGGED:
+            log.warning("%s: " + msg, self.name, *args)
+            if n == MAX_INVALID_LOGGED:
+                log.warning("%s: further invalid events are only counted", self.name)
+        else:
+            log.debug("%s: " + msg, self.name, *args)
+
+    # ------------------------------------------------------------ applying
+
+    def _pump(self) -> None:
+        now = self._clock()
+        for name in list(self._ready):
+            run = self._runs.get(name)
+            if run is None:
+                self._ready.discard(name)
+                continue
+            self._advance(run, now)
+            if not run.pending and run.behind_offset is None:
+                self._ready.discard(name)
+
+    def _advance(self, run: _Run, now: float) -> None:
+        if run.retry_at > now:
+            return
+        if run.backend is None and not self._open_backend(run):
+            return
+        while True:
+            max_batch = 1 if run.next_seq <= run.isolate_until else self.config.max_batch
+            batch: list[Item] = []
+            seq = run.next_seq
+            pending = run.pending
+            while len(batch) < max_batch:
+                item = pending.get(seq)
+                if item is None:
+                    break
+                batch.append(item)
+                seq += 1
+            if not batch:
+                if (pending or run.behind_offset is not None) and self._on_gap(run, now):
+                    continue
+                return
+            run.gap_since = None
+            result, raised = self._apply(run, batch)
+            if raised and len(batch) > 1:
+                # Which event raised is unknown: go one by one through this batch.
+                run.isolate_until = batch[-1].seq
+                continue
+            done = max(0, min(result.applied, len(batch)))
+            if done:
+                self._applied(run, batch[:done])
+            if result.outcome is Outcome.SUCCESS and done == len(batch):
+                if run.attempts:
+                    log.info(
+                        "%s: run %s recovered after %d retr%s",
+                        self.name,
+                        run.name,
+                        run.attempts,
+                        "y" if run.attempts == 1 else "ies",
+                    )
+                    run.attempts, run.last_error = 0, ""
+                if run.done and not pending:
+                    self._close_backend(run)
+                    return
+                continue
+            if result.outcome is Outcome.REJECT:
+                self._skip(run, f"rejected by the sink: {result.error}")
+                continue
+            error = result.error or "the sink applied only part of a batch"
+            if not self._schedule_retry(run, error, result.retry_after_s):
+                self._skip(run, f"gave up after {run.attempts} attempt(s): {error}")
+                run.attempts, run.retry_at = 0, 0.0
+                continue
+            return
+
+    def _apply(self, run: _Run, batch: list[Item]) -> tuple[ApplyResult, bool]:
+        """The backend's result, and whether it raised (then nothing counts as applied)."""
+        assert run.backend is not None
+        events = [item.event for item in batch]
+        try:
+            if batch[0].line is None:
+                return run.backend.apply(events), False  # type: ignore[arg-type]
+            lines = [item.line for item in batch]
+            return run.backend.apply(events, lines), False  # type: ignore[arg-type]
+        except Exception as exc:
+            if not run.attempts and len(batch) == 1:
+                log.warning(
+                    "%s: run %s: the sink raised on seq %d",
+                    self.name,
+                    run.name,
+                    batch[0].seq,
+                    exc_info=True,
+                )
+            return ApplyResult.retry(0, f"{type(exc).__name__}: {exc}"), True
+
+    def _applied(self, run: _Run, items: list[Item]) -> None:
+        for item in items:
+            del run.pending[item.seq]
+        run.next_seq = items[-1].seq + 1
+        run.applied += len(items)
+        self.counters.applied += len(items)
+        self._dirty = True
+        last = items[-1].event
+        assert last is not None
+        run.last_kind = last["kind"]
+        run.last_ts = last["ts"]
+        self._last_latency_s = max(0.0, time.time() - last["ts"])
+        for item in reversed(items):
+            ev = item.event
+            if ev is not None and ev["kind"] == "iteration":
+                body = ev["body"]
+                run.iteration = body.get("iteration")
+                run.metric_name = body.get("metric_name")
+                run.metric_value = body.get("metric_value")
+                break
+        if last["kind"] == "stop":
+            run.done = True
+
+    def _skip(self, run: _Run, why: str) -> None:
+        """Give up on the event at next_seq: count it, log it, move on."""
+        self.counters.failed += 1
+        log.error("%s: run %s: skipping seq %d, %s", self.name, run.name, run.next_seq, why)
+        run.pending.pop(run.next_seq, None)
+        run.next_seq += 1
+        run.last_error = why
+        self._dirty = True
+
+    def _schedule_retry(
+        self,
+        run: _Run,
+        error: str,
+        retry_after_s: float | None,
+        exc: BaseException | None = None,
+    ) -> bool:
+        """Back off before the next attempt; False when the retry policy is exhausted."""
+        cfg = self.config
+        run.attempts += 1
+        self.counters.retries += 1
+        delay = min(cfg.retry_max_ms, cfg.retry_initial_ms * 2 ** min(run.attempts - 1, 30))
+        delay /= 1000.0
+        if retry_after_s is not None:
+            delay = min(max(delay, retry_after_s), cfg.retry_max_ms / 1000.0)
+        run.retry_at = self._clock() + delay
+        self._ready.add(run.name)
+        if cfg.max_attempts is not None and run.attempts >= cfg.max_attempts:
+            run.last_error = error
+            return False
+        if run.attempts == 1 or error != run.last_error:
+            log.warning(
+                "%s: run %s failed at seq %d (%s); retrying in %.2fs",
+                self.name,
+                run.name,
+                run.next_seq,
+                error,
+                delay,
+                exc_info=exc,
+            )
+        else:
+            log.debug("%s: run %s attempt %d failed: %s", self.name, run.name, run.attempts, error)
+        run.last_error = error
+        self._ready.add(run.name)
+        return True
+
+    def _on_gap(self, run: _Run, now: float) -> bool:
+        """next_seq is missing: fill it from the store, or report it; True on progress."""
+        if run.gap_since is None:
+            run.gap_since = now
+        if self._refetchable and now - run.last_fill >= self.config.fill_interval_ms / 1000.0:
+            run.last_fill = now
+            if self._fill(run):
+                return True
+        if not run.pending:
+            return False
+        if (
+            self._draining
+            or now - run.gap_since >= self.config.gap_grace_ms / 1000.0
+            or (not self._refetchable and len(run.pending) >= self.config.max_pending_per_run)
+        ):
+            first = min(run.pending)
+            missing = first - run.next_seq
+            self.counters.gaps += missing
+            log.warning(
+                "%s: run %s: seq %d..%d missing and not in the store; skipping %d event(s)",
+                self.name,
+                run.name,
+                run.next_seq,
+                first - 1,
+                missing,
+            )
+            self._gap_log.append({"run": run.name, "from": run.next_seq, "to": first - 1})
+            del self._gap_log[:-100]
+            run.next_seq = first
+            run.gap_since = None
+            self._dirty = True
+            return True
+        return False
+
+    def _fill(self, run: _Run) -> bool:
+        try:
+            items = self.source.run_events(run.name, run.next_seq)
+        except Exception as exc:
+            log.warning("%s: cannot fetch run %s from the store: %s", self.name, run.name, exc)
+            return False
+        room = self.config.max_pending_per_run - len(run.pending)
+        new = 0
+        for item in items:
+            if item.run != run.name or item.seq < run.next_seq or item.seq in run.pending:
+                continue
+            if room <= 0:
+                break
+            if self._accept(item, fill=True):
+                new += 1
+                room -= 1
+        if room > 0:
+            run.behind_offset = None  # everything the store holds is buffered now
+        self.counters.filled += new
+        if new:
+            log.debug("%s: run %s: %d event(s) fetched from the store", self.name, run.name, new)
+        return run.next_seq in run.pending
+
+    def _close_backend(self, run: _Run) -> None:
+        backend, run.backend = run.backend, None
+        if backend is None:
+            return
+        try:
+            backend.flush()
+            backend.close()
+        except Exception:
+            log.exception("%s: closing run %s failed", self.name, run.name)
+
+    def _forget_finished(self) -> None:
+        excess = len(self._runs) - self.config.max_runs
+        for name in [n for n, r in self._runs.items() if r.done and not r.pending][:excess]:
+            del self._runs[name]
+
+
+def _safe_flush(run: _Run) -> bool:
+    try:
+        return bool(run.backend.flush()) if run.backend is not None else True
+    except Exception:
+        log.exception("flushing run %s failed", run.name)
+        return False
+
+
+def _jsonable(x: Any) -> Any:
+    if x is None or isinstance(x, (bool, int, str)):
+        return x
+    if isinstance(x, float):
+        return x if x == x and abs(x) != float("inf") else str(x)
+    return str(x)

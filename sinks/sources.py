@@ -1,0 +1,273 @@
+"""Where a sink's events come from: the broker's store, event log files, memory.
+
+Every source hands the runtime :class:`Item` s: a position (``offset``), the
+routing key ``(run, seq)``, and the event as msgpack bytes, a decoded map or
+a JSON line.  Decoding is lazy, so duplicates cost no decode.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from rose.events import EventError, decode, from_json_line, validate
+
+log = logging.getLogger(__name__)
+
+
+class Item:
+    """One stored event as the runtime sees it (routing key first, body on demand)."""
+
+    __slots__ = ("offset", "run", "seq", "payload", "event", "line")
+
+    def __init__(
+        self,
+        offset: int,
+        run: str,
+        seq: int,
+        *,
+        payload: bytes | None = None,
+        event: dict[str, Any] | None = None,
+        line: str | None = None,
+    ) -> None:
+        self.offset = offset
+        self.run = run
+        self.seq = seq
+        self.payload = payload
+        self.event = event
+        #: The event's JSON line exactly as recorded, when it came from a log file.
+        self.line = line
+
+    def load(self) -> dict[str, Any]:
+        """The validated event; raises EventError when the payload is bad or disagrees."""
+        if self.event is None:
+            if self.payload is None:
+                raise EventError("stored event without payload")
+            event = decode(self.payload)
+            if event["run"] != self.run or event["seq"] != self.seq:
+                raise EventError(
+                    f"payload (run {event['run']!r}, seq {event['seq']}) does not match "
+                    f"its header (run {self.run!r}, seq {self.seq})"
+                )
+            self.event = event
+            self.payload = None
+        return self.event
+
+    def __repr__(self) -> str:
+        return f"Item(offset={self.offset}, run={self.run!r}, seq={self.seq})"
+
+
+class EventSource(Protocol):
+    """What the runtime needs from where events come from."""
+
+    def store_id(self) -> str | None:
+        """Identity of the underlying store (None for sources without one)."""
+
+    def subscribe(self, from_offset: int) -> Iterator[Item | None]:
+        """Every event at offset >= from_offset once, in offset order; None on idle.
+
+        Ends only for bounded sources (files); a live source yields None while
+        idle so the caller can check for shutdown.
+        """
+
+    def run_events(self, run: str, from_seq: int) -> list[Item]:
+        """The stored events of ``run`` from ``from_seq`` on, to fill a gap ([] if unknown)."""
+
+    def head_offset(self) -> int | None:
+        """The newest stored offset (for lag), or None when unknown."""
+
+    def close(self) -> None: ...
+
+
+# ------------------------------------------------------------------ memory
+
+
+class MemoryStore:
+    """An in-memory store with the broker's semantics: a test double for sources.
+
+    ``append`` dedupes by ``(run, seq)`` and assigns offsets; ``subscribe``
+    serves catch-up then live.  ``append(..., live=False)`` stores an event
+    without delivering it on subscriptions, to simulate a live stream that
+    lost it (a gap the runtime must fill from the store).
+    """
+
+    def __init__(self, *, store_id: str = "memory-store", idle_s: float = 0.05) -> None:
+        self._id = store_id
+        self._idle_s = idle_s
+        self._items: list[tuple[Item, bool]] = []
+        self._keys: set[tuple[str, int]] = set()
+        self._cond = threading.Condition()
+        self.fill_requests = 0
+
+    def append(self, event: dict[str, Any], *, live: bool = True) -> bool:
+        from rose.events import encode
+
+        key = (event["run"], event["seq"])
+        with self._cond:
+            if key in self._keys:
+                return False
+            self._keys.add(key)
+            item = Item(len(self._items), key[0], key[1], payload=encode(event))
+            self._items.append((item, live))
+            self._cond.notify_all()
+        return True
+
+    def append_raw(self, run: str, seq: int, payload: bytes) -> None:
+        """Store bytes as they are (garbage included), like a broker that never decodes."""
+        with self._cond:
+            self._items.append((Item(len(self._items), run, seq, payload=payload), True))
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    # EventSource
+    def store_id(self) -> str | None:
+        return self._id
+
+    def subscribe(self, from_offset: int) -> Iterator[Item | None]:
+        pos = max(0, from_offset)
+        while True:
+            with self._cond:
+                if pos >= len(self._items):
+                    self._cond.wait(self._idle_s)
+                batch = self._items[pos:]
+            if not batch:
+                yield None
+                continue
+            for item, live in batch:
+                pos += 1
+                if live:
+                    yield _copy(item)
+
+    def run_events(self, run: str, from_seq: int) -> list[Item]:
+        self.fill_requests += 1
+        with self._cond:
+            found = [i for i, _ in self._items if i.run == run and i.seq >= from_seq]
+        return [_copy(i) for i in sorted(found, key=lambda i: i.seq)]
+
+    def head_offset(self) -> int | None:
+        return len(self._items) - 1 if self._items else None
+
+    def close(self) -> None:
+        pass
+
+
+def _copy(item: Item) -> Item:
+    return Item(item.offset, item.run, item.seq, payload=item.payload, event=item.event)
+
+
+# ------------------------------------------------------------------ log files
+
+
+def _no_constants(token: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {token}")
+
+
+def parse_line(text: str) -> dict[str, Any]:
+    """One JSONL event line → validated event (the strict JSON that rose writes).
+
+    Lines without escape markers (``"__``) skip the marker walk, the bulk of
+    the cost of :func:`rose.events.from_json_line`; the result is the same.
+    """
+    if '"__' in text:
+        return from_json_line(text)
+    try:
+        raw = json.loads(text, parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        return from_json_line(text)  # raises EventError with the usual message
+    return validate(raw)
+
+
+class LogSource:
+    """Events of JSONL logs (file-sink output, FileTracker logs, spools), file by file.
+
+    A bounded source: ``subscribe`` ends after the last line.  Torn last
+    lines are skipped; bad lines are counted in ``bad_lines`` and logged once
+    per file.  ``on_bytes`` reports progress (bytes read) for progress bars.
+    """
+
+    def __init__(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.on_bytes = on_bytes
+        self.bad_lines = 0
+
+    def total_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.paths)
+
+    def store_id(self) -> str | None:
+        return None
+
+    def subscribe(self, from_offset: int = 0) -> Iterator[Item | None]:
+        offset = 0
+        for path in self.paths:
+            bad, first = 0, ""
+            with path.open("rb") as f:
+                for lineno, raw in enumerate(f, 1):
+                    if self.on_bytes is not None:
+                        self.on_bytes(len(raw))
+                    if not raw.endswith(b"\n"):
+                        if raw.strip():
+                            log.warning("%s: ignoring a torn last line %d", path, lineno)
+                        continue
+                    try:
+                        text = raw.decode()
+                        event = parse_line(text)
+                    except (EventError, UnicodeDecodeError) as exc:
+                        if raw.strip():
+                            bad += 1
+                            first = first or f"line {lineno}: {exc}"
+                        continue
+                    if offset >= from_offset:
+                        yield Item(offset, event["run"], event["seq"], event=event, line=text)
+                    offset += 1
+            if bad:
+                self.bad_lines += bad
+                log.warning("%s: skipped %d bad line(s); first: %s", path, bad, first)
+
+    def run_events(self, run: str, from_seq: int) -> list[Item]:
+        return []
+
+    def head_offset(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class ListSource:
+    """A bounded source over events already in memory (tests, embedded replay)."""
+
+    def __init__(self, events: Iterable[dict[str, Any]]) -> None:
+        self._events = list(events)
+
+    def store_id(self) -> str | None:
+        return None
+
+    def subscribe(self, from_offset: int = 0) -> Iterator[Item | None]:
+        for i, ev in enumerate(self._events[from_offset:], start=from_offset):
+            try:
+                ev = validate(ev)
+            except EventError as exc:
+                log.warning("skipping invalid event %d: %s", i, exc)
+                continue
+            yield Item(i, ev["run"], ev["seq"], event=ev)
+
+    def run_events(self, run: str, from_seq: int) -> list[Item]:
+        return []
+
+    def head_offset(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        pass

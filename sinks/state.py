@@ -1,0 +1,118 @@
+"""A sink's state directory: checkpoint, status file and an exclusive lock.
+
+Both files are written whole and atomically (temp file, fsync, rename), so
+a reader or a restarted sink sees the old version or the new one, never a
+torn one.  The lock keeps two sinks from sharing one checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.json"
+STATUS_FILE = "status.json"
+LOCK_FILE = "lock"
+CHECKPOINT_VERSION = 1
+
+
+class StateDirBusy(RuntimeError):
+    """Another live process holds this state directory."""
+
+
+def atomic_write_json(path: Path, obj: Any, *, fsync: bool = True) -> None:
+    """Replace ``path`` by ``obj`` as JSON in one rename; never leaves a torn file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any | None:
+    """The JSON content of ``path``, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable %s: %s", path, exc)
+        return None
+
+
+class StateDir:
+    """Owns ``DIR/checkpoint.json`` and ``DIR/status.json`` for one sink process."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.checkpoint_path = self.path / CHECKPOINT_FILE
+        self.status_path = self.path / STATUS_FILE
+        self._lock_fd: int | None = None
+
+    def acquire(self) -> None:
+        """Create the directory and lock it; raise StateDirBusy if another sink has it."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StateDirBusy(
+                f"state directory {self.path} is in use by another sink (pid {holder}); "
+                "give each sink its own --state DIR"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        data = read_json(self.checkpoint_path)
+        if not isinstance(data, dict) or data.get("version") != CHECKPOINT_VERSION:
+            if data is not None:
+                log.warning("%s: unknown checkpoint format; starting from scratch", self.path)
+            return {}
+        runs = data.get("runs")
+        offset = data.get("offset")
+        if not isinstance(runs, dict) or not isinstance(offset, int):
+            log.warning("%s: malformed checkpoint; starting from scratch", self.path)
+            return {}
+        data["runs"] = {
+            str(k): v for k, v in runs.items() if isinstance(v, int) and not isinstance(v, bool)
+        }
+        return data
+
+    def save_checkpoint(self, store_id: str | None, offset: int, runs: dict[str, int]) -> None:
+        atomic_write_json(
+            self.checkpoint_path,
+            {"version": CHECKPOINT_VERSION, "store_id": store_id, "offset": offset, "runs": runs},
+        )
+
+    def save_status(self, status: dict[str, Any]) -> None:
+        # Status is advisory and rewritten every second: no fsync needed.
+        atomic_write_json(self.status_path, status, fsync=False)
+
+
+def read_status(state_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A sink's last status (for ``rose status``), or None when it never wrote one."""
+    data = read_json(Path(state_dir) / STATUS_FILE)
+    return data if isinstance(data, dict) else None
