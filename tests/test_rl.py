@@ -368,6 +368,7 @@ async def test_parallel_experience_merges_banks_into_one_update(engine, recorder
     assert states[0].experience_size == 8
     assert states[0].experience_sizes == {"explorer": 3, "exploiter": 5}
     assert states[0].n_transitions == 8 and states[0].mean_reward == 2.0
+    assert states[0].current_config == {"environment": {"args": [], "kwargs": {"scale": 2.0}}}
     # banks are data for the update, never state
     assert not any(isinstance(v, ExperienceBank) for v in states[0].state.values())
     manifest = recorder.calls[0][2]

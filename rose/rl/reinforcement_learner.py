@@ -23,6 +23,7 @@ from typing import Any
 
 from radical.asyncflow import WorkflowEngine
 
+from rose.events import to_plain
 from rose.learner import Lane, Learner, LearnerConfig
 from rose.rl.experience import as_bank, merge_banks
 from rose.tracking import IterationState
@@ -258,6 +259,14 @@ class ParallelExperience(SequentialReinforcementLearner):
                 "@learner.environment_task(name='env_1')"
             )
         super()._check_tasks(max_iter, skip_environment_step=True)
+
+    def _config_snapshot(self, lane: Lane, iteration: int) -> dict[str, Any]:
+        # The named environments share LearnerConfig.environment: report it once.
+        snap = super()._config_snapshot(lane, iteration)
+        cfg = lane.config.task_config("environment", iteration) if lane.config else None
+        if cfg is not None and self.environment_names:
+            snap["environment"] = {"args": to_plain(list(cfg.args)), "kwargs": to_plain(cfg.kwargs)}
+        return snap
 
     async def _collect(self, lane: Lane, iteration: int, skip_environment_step: bool) -> list[Any]:
         """Run every environment, merge their banks, update once on the merged bank."""
