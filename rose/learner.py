@@ -21,6 +21,7 @@ import json
 import logging
 import numbers
 import time
+import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -172,6 +173,10 @@ class Learner:
         self._seq = 0
         self._start_ts: float | None = None
         self._origin: dict[str, Any] | None = None
+        backend = getattr(asyncflow, "backend", None)
+        self._dask_keys = type(backend).__name__.startswith("Dask")
+        self._key_token = uuid.uuid4().hex[:12]
+        self._submitted = 0
 
     # ------------------------------------------------------------ tasks
 
@@ -213,8 +218,7 @@ class Learner:
             raise TypeError(f"{role} task must decorate a function, got {type(func).__name__}")
         if log_params is not None and not isinstance(log_params, dict):
             raise TypeError("log_params must be a dict")
-        if not asyncio.iscoroutinefunction(func):
-            func = _as_coroutine_function(func)
+        runnable = func if asyncio.iscoroutinefunction(func) else _as_coroutine_function(func)
         decorate = self.asyncflow.executable_task if as_executable else self.asyncflow.function_task
         task = _Task(
             role=role,
@@ -222,7 +226,7 @@ class Learner:
             as_executable=bool(as_executable),
             log_params=dict(log_params or {}),
             decor_kwargs=dict(decor_kwargs),
-            flow=decorate(func),
+            flow=decorate(runnable),
             metric_name=metric_name,
             threshold=threshold,
             operator=operator,
@@ -260,7 +264,13 @@ class Learner:
     def _submit(self, task: _Task, config: TaskConfig | None, *deps: Any) -> Any:
         config = config or TaskConfig()
         args = (*config.args, *deps)
-        return task.flow(*args, task_description=dict(task.decor_kwargs), **config.kwargs)
+        description = dict(task.decor_kwargs)
+        if self._dask_keys:
+            # rhapsody keys Dask tasks by a per-process counter, so two learners sharing
+            # a scheduler would receive each other's results: make keys unique per learner.
+            self._submitted += 1
+            description.setdefault("key", f"rose-{task.role}-{self._key_token}-{self._submitted}")
+        return task.flow(*args, task_description=description, **config.kwargs)
 
     def submit(self, role: str, lane: Lane, iteration: int, *deps: Any) -> Any:
         """Submit the ``role`` task with the lane's configuration for ``iteration``."""
@@ -510,10 +520,12 @@ async def _merge(loops: list[AsyncIterator[IterationState]]) -> AsyncIterator[It
 
 
 def _as_coroutine_function(func: Callable) -> Callable:
-    @functools.wraps(func)
+    # Not functools.wraps: a wrapper claiming func's __qualname__ would be pickled by
+    # reference to func itself, and Dask workers would then run the sync function.
     async def run(*args: Any, **kwargs: Any) -> Any:
         return func(*args, **kwargs)
 
+    run.__name__ = getattr(func, "__name__", "task")
     return run
 
 
