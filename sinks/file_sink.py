@@ -157,3 +157,43 @@ class FileRunSink(RunSink):
                 writer.close()
             except OSError as exc:
                 log.warning("%s: close failed: %s", self.path, exc)
+
+
+# ------------------------------------------------------------------ CLI hooks (sinks.registry)
+
+CLI_HELP = "write each run to OUT/<run>.jsonl (the FileTracker's format, byte for byte)"
+CLI_EPILOG = """\
+examples:
+  rose sink file --bus ~/rose-store/bus.json --out runs/
+  rose sink file --backend tcp://127.0.0.1:5556 --replay tcp://127.0.0.1:5557 --out runs/
+  rose replay runs/*.jsonl --into file --out copy/
+
+The files are the checkpoint: a restarted sink never appends an event a
+file already holds, and drops a torn last line left by a killed writer.
+"""
+#: Disk errors are usually transient (full disk, NFS hiccup): retry forever by default.
+DEFAULT_MAX_ATTEMPTS: int | None = None
+
+
+def add_cli_arguments(parser: Any) -> None:
+    parser.add_argument(
+        "--out", metavar="DIR", help="directory for the <run>.jsonl files (created if missing)"
+    )
+    parser.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="do not fsync files at checkpoints (faster; a node crash may lose the tail)",
+    )
+
+
+def build_sink(args: Any) -> FileSink:
+    if not args.out:
+        raise ValueError("the file sink needs --out DIR")
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    return FileSink(out, fsync=not args.no_fsync)
+
+
+def default_state_dir(args: Any) -> Path:
+    return Path(args.out).expanduser() / ".rose-sink"

@@ -31,7 +31,7 @@ from typing import Any
 
 from rose.events import EventError, check_run_id
 from sinks.base import ApplyResult, Outcome, RunSink, Sink
-from sinks.sources import EventSource, Item
+from sinks.sources import EventSource, Item, SourceChanged
 from sinks.state import StateDir
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,7 @@ class SinkRuntime:
         self._gap_log: list[dict[str, Any]] = []
         self._phase = "starting"
         self._full = False
+        self._restored = False
         self._refetchable = bool(getattr(source, "refetchable", True))
         self._last_status_t: float | None = None
 
@@ -204,9 +205,9 @@ class SinkRuntime:
         if self.state is not None:
             self.state.acquire()
         try:
-            self._restore()
-            self._phase = "running"
-            self._loop(self.source.subscribe(self._offset))
+            if self._restore():
+                self._phase = "running"
+                self._follow()
         finally:
             self._phase = "stopped"
             try:
@@ -215,6 +216,40 @@ class SinkRuntime:
                 if self.state is not None:
                     self.state.release()
         return self.counters
+
+    def _follow(self) -> None:
+        stream = self.source.subscribe(self._offset)
+        while True:
+            try:
+                self._loop(stream)
+                return
+            except SourceChanged as exc:
+                # Offsets restart in a new store; (run, seq) dedupe keeps applied events out.
+                log.warning("%s: %s; reading the new store from its start", self.name, exc)
+                self.counters.store_changes += 1
+                ok, self._store_id = self._wait_for_source()
+                if not ok:
+                    return
+                self._offset = 0
+                for run in self._runs.values():
+                    for item in run.pending.values():
+                        item.offset = 0  # old offsets mean nothing in the new store
+                    run.behind_offset = 0 if run.behind_offset is not None else None
+                stream = self.source.subscribe(0)
+
+    def _wait_for_source(self) -> tuple[bool, str | None]:
+        """The source's store id, waiting (bounded by stop()) while it does not answer."""
+        delay, warned = 0.1, False
+        while not self._stop.is_set():
+            try:
+                return True, self.source.store_id()
+            except Exception as exc:
+                if not warned:
+                    log.warning("%s: waiting for the event source: %s", self.name, exc)
+                    warned = True
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+        return False, None
 
     def _loop(self, stream: Iterator[Item | None]) -> None:
         while not self._stop.is_set():
@@ -271,9 +306,11 @@ class SinkRuntime:
 
     # ------------------------------------------------------------ restore / persist
 
-    def _restore(self) -> None:
+    def _restore(self) -> bool:
         ckpt = self.state.load_checkpoint() if self.state is not None else {}
-        self._store_id = self.source.store_id()
+        ok, self._store_id = self._wait_for_source()
+        if not ok:
+            return False
         self._ckpt_runs = dict(ckpt.get("runs", {}))
         self._offset = int(ckpt.get("offset", 0)) if self._store_id is not None else 0
         old_id = ckpt.get("store_id")
@@ -295,6 +332,8 @@ class SinkRuntime:
                 self._offset,
                 len(self._ckpt_runs),
             )
+        self._restored = True
+        return True
 
     def _low_water(self) -> int:
         """The offset to resume from: nothing before it is left unapplied."""
@@ -317,7 +356,7 @@ class SinkRuntime:
             self._next_status = now + self.config.status_interval_ms / 1000.0
 
     def _checkpoint(self) -> None:
-        if self.state is None:
+        if self.state is None or not self._restored:
             self._dirty = False
             return
         for run in self._runs.values():

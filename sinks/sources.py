@@ -20,6 +20,10 @@ from rose.events import EventError, decode, from_json_line, validate
 log = logging.getLogger(__name__)
 
 
+class SourceChanged(Exception):
+    """The source now serves a different store: offsets restart, (run, seq) still dedupe."""
+
+
 class Item:
     """One stored event as the runtime sees it (routing key first, body on demand)."""
 
@@ -63,7 +67,12 @@ class Item:
 
 
 class EventSource(Protocol):
-    """What the runtime needs from where events come from."""
+    """What the runtime needs from where events come from.
+
+    ``refetchable`` (an attribute, default True) says whether ``run_events``
+    can fetch events again; when False the runtime never drops an event from
+    a full buffer and instead stops reading until it drains.
+    """
 
     def store_id(self) -> str | None:
         """Identity of the underlying store (None for sources without one)."""
@@ -192,6 +201,8 @@ class LogSource:
     per file.  ``on_bytes`` reports progress (bytes read) for progress bars.
     """
 
+    refetchable = False
+
     def __init__(
         self,
         paths: Iterable[str | os.PathLike[str]],
@@ -247,6 +258,8 @@ class LogSource:
 
 class ListSource:
     """A bounded source over events already in memory (tests, embedded replay)."""
+
+    refetchable = False
 
     def __init__(self, events: Iterable[dict[str, Any]]) -> None:
         self._events = list(events)

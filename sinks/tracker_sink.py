@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rose.events import EventFeed
@@ -120,3 +121,50 @@ def _close(tracker: Any) -> None:
 
 def _kw(kwargs: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+# ------------------------------------------------------------------ CLI hooks (sinks.registry)
+
+CLI_HELP = "drive any TrackerBase (module:Class), one instance per run"
+CLI_EPILOG = """\
+examples:
+  rose sink tracker mypkg.trackers:PrintTracker --bus ~/rose-store/bus.json
+  rose sink tracker rose.integrations.file_tracker:FileTracker --arg path=copy/ \\
+      --bus ~/rose-store/bus.json
+  rose replay runs/*.jsonl --into tracker --tracker mypkg.trackers:PrintTracker
+
+--arg values are parsed as JSON when they can be (3, true, "x", [1, 2]),
+else taken as strings.  The module must be importable (PYTHONPATH).  A
+callback that raises is retried with backoff, then skipped after
+--max-attempts, as a learner would skip it in-process.
+"""
+DEFAULT_MAX_ATTEMPTS: int | None = 5
+
+
+def add_cli_arguments(parser: Any, *, positional: bool = True) -> None:
+    if positional:
+        parser.add_argument("tracker", metavar="module:Class", help="the tracker class to drive")
+    else:
+        parser.add_argument(
+            "--tracker", metavar="module:Class", help="the tracker class to drive (--into tracker)"
+        )
+    parser.add_argument(
+        "--arg",
+        action="append",
+        metavar="KEY=VALUE",
+        default=None,
+        help="keyword argument for the tracker's constructor (repeatable)",
+    )
+
+
+def build_sink(args: Any) -> TrackerSink:
+    spec = getattr(args, "tracker", None)
+    if not spec:
+        raise ValueError("the tracker sink needs module:Class (--tracker module:Class on replay)")
+    return TrackerSink.from_spec(spec, parse_kwargs(args.arg))
+
+
+def default_state_dir(args: Any) -> Path:
+    from rose.events import sanitize_run_name
+
+    return Path(".rose-sink") / f"tracker-{sanitize_run_name(args.tracker) or 'tracker'}"

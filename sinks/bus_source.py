@@ -1,0 +1,145 @@
+"""Sources backed by the bus: a live broker (BusClient) and a store directory.
+
+Kept apart from :mod:`sinks.sources` so that replaying files needs no zmq.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sinks.sources import Item, SourceChanged
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IDLE_MS = 200
+FETCH_PAGE = 1000
+
+
+def _item(ev: Any) -> Item:
+    return Item(ev.offset, ev.run, ev.seq, payload=ev.payload)
+
+
+class BusSource:
+    """The broker's store: catch-up from an offset then live, gap fill by run."""
+
+    refetchable = True
+
+    def __init__(self, client: Any, *, idle_ms: int = DEFAULT_IDLE_MS) -> None:
+        self.client = client
+        self.idle_ms = idle_ms
+
+    @classmethod
+    def connect(
+        cls,
+        *,
+        backend: str | None = None,
+        replay: str | None = None,
+        bus_file: str | os.PathLike[str] | None = None,
+        timeout_ms: int = 5000,
+        idle_ms: int = DEFAULT_IDLE_MS,
+    ) -> BusSource:
+        from bus.client import BusClient
+
+        if bus_file is not None:
+            client = BusClient.from_file(bus_file, timeout_ms=timeout_ms)
+        else:
+            if not backend or not replay:
+                raise ValueError("give --bus FILE, or both --backend EP and --replay EP")
+            client = BusClient(backend, replay, timeout_ms=timeout_ms)
+        return cls(client, idle_ms=idle_ms)
+
+    def store_id(self) -> str | None:
+        return self.client.store_id()
+
+    def subscribe(self, from_offset: int) -> Iterator[Item | None]:
+        from bus.client import StoreChangedError
+
+        try:
+            for ev in self.client.subscribe(from_offset, idle_timeout_ms=self.idle_ms):
+                yield None if ev is None else _item(ev)
+        except StoreChangedError as exc:
+            raise SourceChanged(str(exc)) from None
+
+    def run_events(self, run: str, from_seq: int) -> list[Item]:
+        return [_item(ev) for ev in self.client.run_events(run, from_seq)]
+
+    def head_offset(self) -> int | None:
+        nxt = self.client.request("hello").get("next_offset")
+        return nxt - 1 if isinstance(nxt, int) else None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def is_store_dir(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / "store.json").is_file()
+
+
+class StoreSource:
+    """Every event of a broker's store directory, for ``rose replay STORE``.
+
+    Reads through the running broker when its ``bus.json`` answers, otherwise
+    opens the store itself (the broker's lock makes that exclusive).
+    """
+
+    refetchable = False
+
+    def __init__(self, directory: str | os.PathLike[str], *, timeout_ms: int = 2000) -> None:
+        self.dir = Path(directory)
+        self._client: Any = None
+        self._store: Any = None
+        bus_json = self.dir / "bus.json"
+        if bus_json.is_file():
+            from bus.client import BusClient, BusError
+
+            client = BusClient.from_file(bus_json, timeout_ms=timeout_ms)
+            try:
+                self._id = client.store_id()
+                self._client = client
+            except BusError:
+                client.close()
+        if self._client is None:
+            from bus.store import EventStore, StoreError
+
+            try:
+                self._store = EventStore(self.dir)
+            except StoreError as exc:
+                raise ValueError(str(exc)) from None
+            self._id = self._store.store_id
+
+    def store_id(self) -> str | None:
+        return None  # offsets here are the store's own; replay dedupes by (run, seq)
+
+    def events(self) -> int:
+        if self._store is not None:
+            return int(self._store.next_offset)
+        return int(self._client.request("hello")["next_offset"])
+
+    def subscribe(self, from_offset: int = 0) -> Iterator[Item | None]:
+        offset = from_offset
+        while True:
+            if self._store is not None:
+                page = self._store.read(offset, FETCH_PAGE)
+            else:
+                page = self._client.fetch(offset, FETCH_PAGE)
+            if not page:
+                return
+            for rec in page:
+                yield Item(rec.offset, rec.run, rec.seq, payload=rec.payload)
+            offset = page[-1].offset + 1
+
+    def run_events(self, run: str, from_seq: int) -> list[Item]:
+        return []
+
+    def head_offset(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self._store is not None:
+            self._store.close()
