@@ -1,0 +1,95 @@
+"""ClearMLTracker in the learner's process, against real ClearML in offline mode."""
+
+from __future__ import annotations
+
+import pytest
+
+from rose.al import ParallelActiveLearner, SequentialActiveLearner
+from rose.integrations.clearml_tracker import ClearMLTracker
+from tests.clearml.conftest import normalized, sessions
+from tests.clearml.pipelines import register
+
+
+async def test_sequential_run_is_one_task(engine, clearml_cache):
+    learner = register(SequentialActiveLearner(engine))
+    tracker = ClearMLTracker(project_name="ROSE-test", task_name="seq-01")
+    learner.add_tracker(tracker)
+    states = [s async for s in learner.start(max_iter=10)]
+
+    (session,) = sessions(clearml_cache)
+    got = normalized(session)
+    assert got["name"] == "seq-01" and got["project"] == "ROSE-test"
+    params = got["params"]
+    assert params["manifest/learner_type"][0] == "SequentialActiveLearner"
+    assert params["manifest/tasks/training/log_params/kernel"][0] == "rbf"
+    assert params["manifest/tasks/training/log_params/opt/lr"] == ("0.1", "float")
+    assert params["manifest/criterion/metric_name"][0] == "mean_squared_error_mse"
+    assert params["manifest/criterion/threshold"] == ("0.01", "float")
+    assert not any("num_gpus" in k for k in params), "decor_kwargs must never reach ClearML"
+    assert params["rose/run"][0] == learner.run_id
+    assert params["rose/stop_reason"][0] == "criterion_met"
+    assert params["rose/final_iteration"][0] == "3"
+    assert params["config/state/kernel_used"][0] == "rbf"
+    assert sorted(got["tags"]) == ["final_iteration:3", "rose", "stop:criterion_met"]
+    n = len(states)
+    assert n == 4
+    scalars = got["scalars"]
+    mse = [(it, v) for (t, s, it, v) in scalars if t == "mean_squared_error_mse"]
+    assert mse == [(0, 0.5), (1, 0.2), (2, 0.05), (3, 0.009)]
+    titles = {(t, s) for (t, s, _, _) in scalars}
+    # one series per title for a sequential run; bools are not scalars; nested maps flatten
+    assert titles == {
+        ("mean_squared_error_mse", "mean_squared_error_mse"),
+        ("n_samples", "n_samples"),
+        ("train_loss", "train_loss"),
+        ("losses/a", "losses/a"),
+        ("n_labeled", "n_labeled"),
+    }
+    assert len(scalars) == 5 * n, "each scalar exactly once per iteration"
+
+
+async def test_parallel_learners_are_series_named_by_learner_names(engine, clearml_cache):
+    learner = register(ParallelActiveLearner(engine), mse=(0.5,))
+    learner.add_tracker(ClearMLTracker("ROSE-test", "par-01", learner_names=["A", "B"]))
+    async for _ in learner.start(parallel_learners=2, max_iter=3):
+        pass
+    (session,) = sessions(clearml_cache)
+    got = normalized(session)
+    series = {s for (t, s, _, _) in got["scalars"] if t == "train_loss"}
+    assert series == {"A", "B"}
+    per = {
+        s: sorted(it for (t, ss, it, _) in got["scalars"] if t == "train_loss" and ss == s)
+        for s in series
+    }
+    assert per == {"A": [0, 1, 2], "B": [0, 1, 2]}
+    assert "config/A/state/kernel_used" in got["params"]
+    assert "stop:max_iter_reached" in got["tags"]
+
+
+async def test_failure_is_tagged_and_commented(engine, clearml_cache):
+    learner = register(SequentialActiveLearner(engine), mse=(0.5,), fail_at=2)
+    learner.add_tracker(ClearMLTracker("ROSE-test", "fails"))
+    with pytest.raises(Exception, match="diverged"):
+        async for _ in learner.start(max_iter=10):
+            pass
+    (session,) = sessions(clearml_cache)
+    got = normalized(session)
+    assert "failed" in got["tags"] and "stop:error" in got["tags"]
+    assert "failed at iteration 1" in got["comment"]
+
+
+async def test_two_runs_in_turn_make_two_tasks(engine, clearml_cache):
+    for name in ("first", "second"):
+        learner = register(SequentialActiveLearner(engine), mse=(0.5,))
+        learner.add_tracker(ClearMLTracker("ROSE-test", name))
+        async for _ in learner.start(max_iter=2):
+            pass
+    names = sorted(s["task"]["name"] for s in sessions(clearml_cache))
+    assert names == ["first", "second"]
+    runs = {s["task"]["hyperparams"]["rose"]["run"]["value"] for s in sessions(clearml_cache)}
+    assert len(runs) == 2
+
+
+def test_bad_arguments_say_what_to_fix():
+    with pytest.raises(ValueError, match="project_name"):
+        ClearMLTracker("", "x")
