@@ -49,6 +49,8 @@ DEFAULT_RECONNECT_IVL_MS = 10
 DEFAULT_DRAIN_BUDGET_US = 2000
 DEFAULT_SPOOL_SYNC_INTERVAL_S = 0.5
 DEFAULT_SPOOL_MAX_QUEUE = 100_000
+#: How often a subscribed tracker looks for broker disconnects and re-subscriptions.
+CHECK_INTERVAL_S = 0.001
 #: Environment variable naming a bus file (or an endpoint) when neither argument is given.
 ENV_BUS = "ROSE_BUS"
 
@@ -263,6 +265,7 @@ class BusTracker(EventTracker):
         self._pending_bytes = 0
         self._subscribed = False
         self._waited = False
+        self._next_check = 0.0
 
         self._own_ctx = context is None
         self._ctx = zmq.Context(io_threads=1) if context is None else context
@@ -281,6 +284,9 @@ class BusTracker(EventTracker):
                 self._ctx.term()
             raise ValueError(f"BusTracker: bad endpoint {endpoint!r}: {exc}") from None
         self._sock: zmq.Socket | None = sock
+        # Disconnects are how the tracker learns the broker went away: from then
+        # on it queues locally until the broker subscribes again.
+        self._monitor: zmq.Socket | None = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._spooler = (
             _Spooler(spool, spool_sync_interval_s, DEFAULT_SPOOL_MAX_QUEUE) if spool else None
         )
@@ -325,9 +331,12 @@ class BusTracker(EventTracker):
     def on_stop(self, final_state: IterationState | None, reason: str) -> None:
         try:
             super().on_stop(final_state, reason)
-            self.flush()
         except Exception:
             self._internal_error("on_stop")
+        try:
+            self.flush()
+        except Exception:
+            self._internal_error("flush", lost=False)
 
     def emit(self, event: dict[str, Any]) -> None:
         """Encode and send one event without blocking; never raises."""
@@ -336,9 +345,9 @@ class BusTracker(EventTracker):
         except Exception:
             self._internal_error("emit")
 
-    def _internal_error(self, where: str) -> None:
+    def _internal_error(self, where: str, lost: bool = True) -> None:
         self._internal_errors += 1
-        self.dropped += 1
+        self.dropped += int(lost)
         if self._internal_errors == 1:
             log.exception(
                 "BusTracker failed in %s; the event is dropped and the learner continues "
@@ -356,8 +365,10 @@ class BusTracker(EventTracker):
         if self._spooler is not None:
             self._spooler.put(payload)
         out = _Out([topic_for(run, kind), make_header(run, seq, kind), payload])
-        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            self._read_subscriptions(sock)
+        now = time.perf_counter()
+        if now >= self._next_check or not self._subscribed:
+            self._next_check = now + CHECK_INTERVAL_S
+            self._check_broker(sock)
         if not self._subscribed and not self._waited:
             self._waited = True  # only the first event waits: start must not hit the slow joiner
             if sock.poll(self.start_wait_ms, zmq.POLLIN):
@@ -384,6 +395,18 @@ class BusTracker(EventTracker):
         self._ring.append(out)
         if self._subscribed:
             self._drain(sock, time.perf_counter() + self.drain_budget_s)
+
+    def _check_broker(self, sock: zmq.Socket) -> None:
+        mon = self._monitor
+        if mon is not None and mon.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            while mon.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                frames = mon.recv_multipart(zmq.NOBLOCK)
+                event = int.from_bytes(frames[0][:2], "little")
+                if event == zmq.EVENT_DISCONNECTED and self._subscribed:
+                    self._subscribed = False
+                    log.info("lost the broker at %s: queueing events locally", self.endpoint)
+        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._read_subscriptions(sock)
 
     def _read_subscriptions(self, sock: zmq.Socket) -> None:
         subscribed = False
@@ -462,8 +485,7 @@ class BusTracker(EventTracker):
         timeout = self.flush_timeout_ms if timeout_ms is None else timeout_ms
         deadline = time.perf_counter() + timeout / 1000
         while True:
-            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                self._read_subscriptions(sock)
+            self._check_broker(sock)
             if self._subscribed and self._drain(sock, deadline):
                 return True
             remaining_ms = (deadline - time.perf_counter()) * 1000
@@ -487,6 +509,10 @@ class BusTracker(EventTracker):
                 flushed = False
             left_ms = max(0, int(timeout - (time.perf_counter() - started) * 1000))
             self._sock = None
+            if self._monitor is not None:
+                sock.disable_monitor()
+                self._monitor.close(linger=0)
+                self._monitor = None
             # Let queued messages reach a live broker; with none, do not wait at all.
             sock.close(linger=max(left_ms, 100) if flushed else 0)
             if self._own_ctx:

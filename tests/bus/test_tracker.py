@@ -1,0 +1,150 @@
+"""BusTracker on its own: bounded buffering, spool, re-send after a broker restart, no raising."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import zmq
+
+from bus import BrokerThread, BusClient, BusTracker
+from rose.eventlog import read_events
+from rose.tracking import IterationState, PipelineManifest
+
+from .conftest import free_port, wait_until
+
+MANIFEST = PipelineManifest(learner_type="Test")
+
+
+def _state(i: int) -> IterationState:
+    return IterationState(iteration=i, state={f"k{j}": j * 0.5 for j in range(20)})
+
+
+def test_a_stalled_broker_fills_the_bounded_buffer_then_the_spool(tmp_path, zctx, caplog):
+    # A "broker" that subscribes but never reads: the socket's HWM is reached.
+    stalled = zctx.socket(zmq.XSUB)
+    stalled.setsockopt(zmq.LINGER, 0)
+    stalled.setsockopt(zmq.RCVHWM, 10)
+    stalled.setsockopt(zmq.RCVBUF, 4096)
+    port = stalled.bind_to_random_port("tcp://127.0.0.1")
+    stalled.send(b"\x01")
+    spool = tmp_path / "spool.jsonl"
+    tracker = BusTracker(
+        f"tcp://127.0.0.1:{port}",
+        spool=spool,
+        sndhwm=10,
+        max_pending=500,
+        retain=50,
+        flush_timeout_ms=100,
+    )
+    # The stalled side must process its connection once to send the subscription.
+    assert wait_until(lambda: stalled.getsockopt(zmq.EVENTS) is not None and tracker.flush(10))
+    n = 20_000
+    with caplog.at_level(logging.WARNING, logger="bus.tracker"):
+        tracker.on_start(MANIFEST)
+        for i in range(n - 2):
+            tracker.on_iteration(_state(i))
+            assert tracker.pending <= 500
+        tracker.on_stop(None, "max_iter_reached")
+        tracker.close()
+    assert tracker.subscriptions == 1
+    assert tracker.dropped > 0 and tracker.sent + tracker.dropped == n
+    assert tracker.spooled == n
+    assert [e["seq"] for e in read_events(spool)] == list(range(n))
+    drops = [r for r in caplog.records if "dropping events from the bus" in r.getMessage()]
+    assert len(drops) == 1 and "spool" in drops[0].getMessage()
+    assert any("did not reach the broker" in r.getMessage() for r in caplog.records)
+
+
+def test_events_before_the_broker_starts_are_delivered_once_it_does(tmp_path):
+    ports = (free_port(), free_port(), free_port())
+    eps = [f"tcp://127.0.0.1:{p}" for p in ports]
+    tracker = BusTracker(eps[0], start_wait_ms=50, flush_timeout_ms=10_000)
+    tracker.on_start(MANIFEST)
+    tracker.on_iteration(_state(0))
+    assert tracker.sent == 0 and tracker.pending == 2
+    with BrokerThread(tmp_path / "store", *eps) as broker:
+        tracker.on_stop(None, "stopped")  # flushes: waits (bounded) for the subscription
+        tracker.close()
+        assert tracker.sent == 3 and tracker.dropped == 0
+        with BusClient(broker.backend, broker.replay) as client:
+            assert wait_until(lambda: client.stats()["stored"] == 3)
+            assert [e.seq for e in client.run_events(tracker._own_run)] == [0, 1, 2]
+
+
+def test_recent_events_are_resent_when_the_broker_comes_back(tmp_path):
+    ports = (free_port(), free_port(), free_port())
+    eps = [f"tcp://127.0.0.1:{p}" for p in ports]
+    store = tmp_path / "store"
+    tracker = BusTracker(eps[0], flush_timeout_ms=10_000)
+    with BrokerThread(store, *eps):
+        tracker.on_start(MANIFEST)
+        for i in range(50):
+            tracker.on_iteration(_state(i))
+    for i in range(50, 100):  # broker down: queued in the socket or locally
+        tracker.on_iteration(_state(i))
+    with BrokerThread(store, *eps) as broker:
+        tracker.on_stop(None, "max_iter_reached")
+        tracker.close()
+        assert tracker.subscriptions == 2 and tracker.resent > 0 and tracker.dropped == 0
+        with BusClient(broker.backend, broker.replay) as client:
+            assert wait_until(lambda: client.stats()["runs"].get(tracker._own_run) == 101)
+            assert [e.seq for e in client.run_events(tracker._own_run)] == list(range(102))
+
+
+def test_callbacks_never_raise_into_the_learner(broker, caplog):
+    tracker = BusTracker(broker.frontend)
+    tracker.on_start(MANIFEST)
+
+    class Broken:
+        def send_multipart(self, *a, **k):
+            raise RuntimeError("socket exploded")
+
+        def getsockopt(self, *a):
+            raise RuntimeError("socket exploded")
+
+    real = tracker._sock
+    tracker._sock = Broken()
+    tracker._next_check = 0.0
+    with caplog.at_level(logging.ERROR, logger="bus.tracker"):
+        tracker.on_iteration(_state(0))
+        tracker.on_iteration(_state(1))
+        tracker.on_stop(None, "error")
+    assert tracker.dropped == 3
+    assert len([r for r in caplog.records if "BusTracker failed" in r.getMessage()]) == 1
+    tracker._sock = real
+    tracker.close()
+    tracker.close()  # idempotent
+    tracker.on_iteration(_state(2))  # after close: counted, not raised
+    assert tracker.dropped == 4
+
+
+def test_unplain_values_travel_as_repr(broker, client):
+    tracker = BusTracker(broker.frontend)
+    tracker.on_start(MANIFEST)
+    tracker.on_iteration(IterationState(iteration=0, state={"obj": object(), "n": 1}))
+    tracker.close()
+    assert wait_until(lambda: client.stats()["stored"] == 2)
+
+
+def test_configuration_mistakes_fail_at_construction(tmp_path, monkeypatch):
+    monkeypatch.delenv("ROSE_BUS", raising=False)
+    with pytest.raises(ValueError, match="needs the broker"):
+        BusTracker()
+    with pytest.raises(ValueError, match="not both"):
+        BusTracker("tcp://127.0.0.1:1", bus=tmp_path / "bus.json")
+    with pytest.raises(ValueError, match="start the broker first"):
+        BusTracker(bus=tmp_path / "bus.json")
+    with pytest.raises(ValueError, match="bad endpoint"):
+        BusTracker("nonsense")
+    with pytest.raises(ValueError, match="retain"):
+        BusTracker("tcp://127.0.0.1:1", retain=0)
+
+
+def test_bus_file_and_environment(broker, monkeypatch, client):
+    monkeypatch.setenv("ROSE_BUS", str(broker.bus_file))
+    for tracker in (BusTracker(), BusTracker(bus=broker.bus_file)):
+        assert tracker.endpoint == broker.frontend
+        tracker.on_start(MANIFEST)
+        tracker.close()
+    assert wait_until(lambda: client.stats()["stored"] == 2)
