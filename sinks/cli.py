@@ -297,7 +297,7 @@ def _register_replay(subparsers: Any) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_runtime_options(p, replay=True)
-    owners: dict[str, str] = {}
+    owners: dict[str, tuple[str, Any]] = {}
     for name, module in kinds.items():
         g = p.add_argument_group(f"--into {name} options")
         _add_kind_arguments(module, _SharedGroup(g, name, owners))
@@ -307,7 +307,7 @@ def _register_replay(subparsers: Any) -> None:
 class _SharedGroup:
     """An argument group that skips options another kind already added (same meaning)."""
 
-    def __init__(self, group: Any, kind: str, owners: dict[str, str]) -> None:
+    def __init__(self, group: Any, kind: str, owners: dict[str, tuple[str, Any]]) -> None:
         self.group = group
         self.kind = kind
         self.owners = owners
@@ -317,7 +317,7 @@ class _SharedGroup:
             action = self.group.add_argument(*flags, **kw)
         except argparse.ArgumentError:
             return None
-        self.owners.setdefault(action.dest, self.kind)
+        self.owners.setdefault(action.dest, (self.kind, action.default))
         return action
 
 
@@ -462,8 +462,8 @@ def _replay_into(args: argparse.Namespace, source: ChainSource) -> int:
     assert module is not None
     foreign = [
         "--" + dest.replace("_", "-")
-        for dest, kind in args._kind_dests.items()
-        if kind != args.into and getattr(args, dest, None) not in (None, False, [])
+        for dest, (kind, default) in args._kind_dests.items()
+        if kind != args.into and getattr(args, dest, default) != default
     ]
     if foreign:
         verb = "does" if len(foreign) == 1 else "do"
