@@ -49,10 +49,16 @@ class ReinforcementLearner(Learner):
         self._check_max_iter(max_iter)
 
     async def _collect(self, lane: Lane, iteration: int, skip_environment_step: bool) -> list[Any]:
-        """Run one environment → update step; returns the results, in order."""
-        env = None if skip_environment_step else self.submit("environment", lane, iteration)
-        update = self.submit("update", lane, iteration, *_present(env))
-        return [await f for f in _present(env, update)]
+        """Run one environment → update step; returns the results, in order.
+
+        The environment's result is awaited and passed as a value, not as a
+        future dependency: radical.asyncflow 0.6 can take up to a second to
+        release a task whose dependency finished while its scheduler was idle.
+        """
+        results = (
+            [] if skip_environment_step else [await self.submit("environment", lane, iteration)]
+        )
+        return [*results, await self.submit("update", lane, iteration, *results)]
 
     async def _lane(
         self, lane: Lane, max_iter: int, skip_pre_loop: bool, skip_environment_step: bool
@@ -291,7 +297,3 @@ class ParallelExperience(SequentialReinforcementLearner):
             },
         }
         return [summary, await self.submit("update", lane, iteration, merged)]
-
-
-def _present(*futures: Any) -> tuple:
-    return tuple(f for f in futures if f is not None)

@@ -151,27 +151,31 @@ class UQLearner(Learner):
     async def _ensemble(
         self, lane: Lane, iteration: int, models: list[str], num_predictions: int
     ) -> _Ensemble:
-        """One simulation, then every model's training and predictions, concurrently."""
-        sim = self.submit("simulation", lane, iteration)
-        trainings = {
-            m: self._submit_for("training", lane, iteration, {MODEL_NAME_KWARG: m}, sim)
-            for m in models
-        }
-        predictions = [
-            self._submit_for(
-                "prediction",
-                lane,
-                iteration,
-                {MODEL_NAME_KWARG: m, PREDICTION_INDEX_KWARG: k},
-                trainings[m],
+        """One simulation, then every model's training and predictions, concurrently.
+
+        Results are awaited and passed on as values rather than as future
+        dependencies: radical.asyncflow 0.6 can take up to a second to release
+        a task whose dependency finished while its scheduler was idle.
+        """
+        sim = await self.submit("simulation", lane, iteration)
+
+        async def model(name: str) -> tuple[Any, list[Any]]:
+            trained = await self._submit_for(
+                "training", lane, iteration, {MODEL_NAME_KWARG: name}, sim
             )
-            for m in models
-            for k in range(num_predictions)
-        ]
+            extra = [
+                {MODEL_NAME_KWARG: name, PREDICTION_INDEX_KWARG: k} for k in range(num_predictions)
+            ]
+            predictions = [
+                self._submit_for("prediction", lane, iteration, kw, trained) for kw in extra
+            ]
+            return trained, list(await asyncio.gather(*predictions))
+
+        per_model = await asyncio.gather(*(model(m) for m in models))
         return _Ensemble(
-            simulation=await sim,
-            training={m: await f for m, f in trainings.items()},
-            predictions=[await f for f in predictions],
+            simulation=sim,
+            training={m: t for m, (t, _) in zip(models, per_model, strict=True)},
+            predictions=[p for _, preds in per_model for p in preds],
         )
 
     def _record(self, lane: Lane, stage: _Ensemble) -> None:
