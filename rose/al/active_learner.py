@@ -37,6 +37,21 @@ class ActiveLearner(Learner):
         )
         self._check_max_iter(max_iter)
 
+    async def _simulate_and_train(
+        self, lane: Lane, iteration: int, skip_simulation_step: bool
+    ) -> list[Any]:
+        """Run simulation then training; returns their results in that order.
+
+        Each dependency is awaited and passed as a value: radical.asyncflow 0.6 can
+        idle up to a second before starting a task whose dependency future completed
+        while its scheduler slept (measured 1.23 s vs 0.30 s per iteration).
+        """
+        results = []
+        if not skip_simulation_step:
+            results.append(await self.submit("simulation", lane, iteration))
+        results.append(await self.submit("training", lane, iteration, *results))
+        return results
+
     async def _lane(
         self, lane: Lane, max_iter: int, skip_pre_loop: bool, skip_simulation_step: bool
     ) -> AsyncIterator[IterationState]:
@@ -46,14 +61,9 @@ class ActiveLearner(Learner):
         active learning on their results, the criterion, yields, and prepares
         the next simulation and training (with the configuration then in effect).
         """
-        sim: Any = None
-        train: Any = None
-        results: list[Any] = []
+        results: list[Any] = []  # this step's simulation and training results
         if not skip_pre_loop:
-            if not skip_simulation_step:
-                sim = self.submit("simulation", lane, 0)
-            train = self.submit("training", lane, 0, *_present(sim))
-            results = [await f for f in _present(sim, train)]
+            results = await self._simulate_and_train(lane, 0, skip_simulation_step)
 
         for i in self._iterations(max_iter):
             if self._stop_requested:
@@ -63,7 +73,7 @@ class ActiveLearner(Learner):
             for result in results:
                 self.extract_state(lane, result)
 
-            acl_result = await self.submit("active_learn", lane, i, *_present(sim, train))
+            acl_result = await self.submit("active_learn", lane, i, *results)
             if self._stop_requested:
                 return
             self.extract_state(lane, acl_result)
@@ -83,9 +93,7 @@ class ActiveLearner(Learner):
                 return
 
             lane.take_pending_config()
-            sim = None if skip_simulation_step else self.submit("simulation", lane, i + 1)
-            train = self.submit("training", lane, i + 1, *_present(sim))
-            results = [await f for f in _present(sim, train)]
+            results = await self._simulate_and_train(lane, i + 1, skip_simulation_step)
             if self._stop_requested:
                 return
 
@@ -185,7 +193,3 @@ class ParallelActiveLearner(ActiveLearner):
         async for state in self.start(parallel_learners, max_iter, skip_pre_loop, learner_configs):
             finals[state.learner_id] = state
         return [finals.get(i) for i in range(parallel_learners)]
-
-
-def _present(*futures: Any) -> tuple:
-    return tuple(f for f in futures if f is not None)
