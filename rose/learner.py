@@ -341,6 +341,10 @@ class Learner:
             if learner_id is None or lane.learner_id == learner_id:
                 lane.pending_config = config
 
+    async def shutdown(self) -> None:
+        """Shut the workflow engine down (existing ROSE scripts end with this)."""
+        await self.asyncflow.shutdown()
+
     # ------------------------------------------------------------ tracking
 
     def build_manifest(self) -> PipelineManifest:

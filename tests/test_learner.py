@@ -403,3 +403,13 @@ async def test_utility_and_prediction_tasks_listed_and_callable(engine):
     assert await summarize(41) == {"sum": 42}  # the decorator returns a task you can run
     tasks = learner.build_manifest().tasks
     assert list(tasks) == ["simulation", "training", "active_learn", "prediction", "utility.summarize"]
+
+
+async def test_learner_shutdown_stops_its_engine(tmp_path):
+    from rose.execution import engine
+
+    async with engine(work_dir=tmp_path) as eng:
+        learner = build(eng)
+        states = [s async for s in learner.start(max_iter=1)]
+        await learner.shutdown()  # how existing ROSE scripts end
+        assert len(states) == 1 and eng._shutdown_event.is_set()
