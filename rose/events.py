@@ -111,11 +111,19 @@ def to_plain(x: Any, _depth: int = 0) -> Any:
         return x
     if isinstance(x, (bytearray, memoryview)):
         return bytes(x)
+    # Values that are already plain skip the call: this is the tracker hot path.
     if isinstance(x, dict):
-        return {k if type(k) is str else str(k): to_plain(v, _depth + 1) for k, v in x.items()}
+        return {
+            k if type(k) is str else str(k): v if type(v) in _LEAVES else to_plain(v, _depth + 1)
+            for k, v in x.items()
+        }
     if isinstance(x, (list, tuple)):
-        return [to_plain(v, _depth + 1) for v in x]
+        return [v if type(v) in _LEAVES else to_plain(v, _depth + 1) for v in x]
     return _repr_of(x)
+
+
+#: Types to_plain returns unchanged.
+_LEAVES = frozenset({type(None), bool, str, float, Repr})
 
 
 def plain_equal(a: Any, b: Any) -> bool:
