@@ -64,6 +64,11 @@ MAX_REPLY_BYTES = 8 * 1024 * 1024
 REJECT_LOG_INTERVAL_S = 60.0
 
 
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE | zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+
+
 class BrokerError(RuntimeError):
     """The broker cannot start (endpoint in use, store locked, ...)."""
 
@@ -298,14 +303,20 @@ class Broker:
                 self._log_rejects(now=now)
 
     def _pump(self, front: zmq.Socket, back: zmq.Socket, store: EventStore) -> None:
+        # Hand-rolled recv/send with int flags: about twice as fast as
+        # recv_multipart/send_multipart, which is what the 50k events/s target needs.
         c = self.counters
         forward: list[tuple[bytes, bytes, bytes]] = []
         limit = self.max_event_bytes
+        recv, more = front.recv, front.get
         for _ in range(BATCH):
             try:
-                frames = front.recv_multipart(zmq.NOBLOCK)
+                topic = recv(_NOBLOCK)
             except zmq.Again:
                 break
+            frames = [topic]
+            while more(_RCVMORE):
+                frames.append(recv(_NOBLOCK))
             c.received += 1
             if len(frames) != 3:
                 self._reject("garbage", f"{len(frames)} frame(s), expected 3")
@@ -328,12 +339,14 @@ class Broker:
             return
         store.write()  # the OS has every event before any sink hears of it
         c.stored += len(forward)
-        for frames_out in forward:
-            try:
-                back.send_multipart(frames_out, zmq.NOBLOCK)
-            except zmq.Again:  # XPUB drops for slow sinks rather than block; they catch up
-                continue
-            c.forwarded += 1
+        send = back.send
+        for topic, header, payload in forward:
+            # XPUB drops for slow sinks rather than block (no NODROP): they catch up
+            # from the store, so a send never fails here.
+            send(topic, _SNDMORE)
+            send(header, _SNDMORE)
+            send(payload, _NOBLOCK)
+        c.forwarded += len(forward)
 
     def _drain_subscriptions(self, back: zmq.Socket) -> None:
         for _ in range(BATCH):

@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from bus.wire import WireError, decode_header, make_header
+import msgpack
+
+from bus.wire import WireError, decode_header, stored_header_prefix
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ DEFAULT_FSYNC_INTERVAL_S = 0.2
 
 _REC = struct.Struct("<II")
 _HLEN = struct.Struct("<H")
+_OFFSET_KEY = msgpack.packb("offset")
 
 
 class StoreError(RuntimeError):
@@ -141,6 +144,7 @@ class EventStore:
         self._dirty = False
         self._last_sync = time.monotonic()
         self.store_id = ""
+        self._prefixes: dict[tuple[str, str], bytes] = {}
         self._open()
 
     # ------------------------------------------------------------ opening
@@ -296,7 +300,12 @@ class EventStore:
         if idx is not None and idx.has(seq):
             return None
         offset = self.next_offset
-        header = make_header(run, seq, kind, offset)
+        prefix = self._prefixes.get((run, kind))
+        if prefix is None:
+            if len(self._prefixes) > 4096:
+                self._prefixes.clear()
+            prefix = self._prefixes[run, kind] = stored_header_prefix(run, kind)
+        header = prefix + msgpack.packb(seq) + _OFFSET_KEY + msgpack.packb(offset)
         body = _HLEN.pack(len(header)) + header + payload
         seg = self._segments[-1]
         seg.positions.append(seg.size)

@@ -1,0 +1,224 @@
+"""Sink benchmarks (DESIGN §8): file-sink catch-up from the store, and replay.
+
+1. Catch-up: a broker process (``python -m bus``) holds N events of several
+   runs in its store; a file sink (the real runtime, in this process) starts
+   from offset 0 and writes every run's JSONL file.  events/s until the last
+   event is applied.
+2. Replay: the same N events as JSONL logs (one per run, the file sink's own
+   output) replayed into a new file sink, as ``rose replay LOG... --into file``
+   does.  Target: >= 100,000 events/s.
+
+Events are iteration events with a 20-key state, like the bus benchmarks.
+Prints a table and writes JSON; run it alone or through scripts/bench.
+
+    python -m benchmarks.bench_sinks [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_REPLAY_EVENTS_PER_S = 100_000
+RUNS = 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_events(n: int, runs: int = RUNS) -> list[dict[str, Any]]:
+    """``n`` events over ``runs`` runs: start, iterations, stop, interleaved by run."""
+    from rose.events import iteration_event, start_event, stop_event
+    from rose.tracking import EventContext, IterationState, PipelineManifest
+
+    per_run = max(3, n // runs)
+    out: list[dict[str, Any]] = []
+    t0 = 1.7e9
+    for r in range(runs):
+        run = f"bench{r:02d}-{os.urandom(4).hex()}"
+        out.append(start_event(EventContext(run, 0, t0, {"host": "h"}), PipelineManifest("AL")))
+        for i in range(per_run - 2):
+            state = IterationState(
+                iteration=i,
+                metric_name="mean_squared_error_mse",
+                metric_value=0.5 / (i + 1),
+                metric_threshold=0.01,
+                state={f"metric_{k}": k * 0.25 + i for k in range(20)},
+            )
+            out.append(iteration_event(EventContext(run, i + 1, t0 + i), state))
+        out.append(
+            stop_event(EventContext(run, per_run - 1, t0 + per_run), None, "max_iter_reached")
+        )
+    # interleave runs, as a broker serving several learners stores them
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for e in out:
+        by_run.setdefault(e["run"], []).append(e)
+    mixed = []
+    for i in range(per_run):
+        mixed.extend(events[i] for events in by_run.values() if i < len(events))
+    return mixed
+
+
+def bench_replay(events: list[dict[str, Any]], work: Path) -> dict[str, Any]:
+    from rose.eventlog import EventLogWriter
+    from sinks.cli import ChainSource
+    from sinks.file_sink import FileSink
+    from sinks.runtime import SinkRuntime
+    from sinks.sources import LogSource
+
+    logs = work / "logs"
+    writers: dict[str, EventLogWriter] = {}
+    for e in events:
+        w = writers.get(e["run"])
+        if w is None:
+            w = writers[e["run"]] = EventLogWriter(logs / f"{e['run']}.jsonl")
+        w.append(e)
+    for w in writers.values():
+        w.close()
+    paths = sorted(logs.glob("*.jsonl"))
+    size = sum(p.stat().st_size for p in paths)
+    source = ChainSource([LogSource([p]) for p in paths])
+    t0 = time.perf_counter()
+    counters = SinkRuntime(FileSink(work / "replayed"), source).run()
+    elapsed = time.perf_counter() - t0
+    same = all((work / "replayed" / p.name).read_bytes() == p.read_bytes() for p in paths)
+    return {
+        "events": counters.applied,
+        "bytes": size,
+        "seconds": elapsed,
+        "events_per_s": counters.applied / elapsed,
+        "identical_output": same,
+    }
+
+
+class _Broker:
+    def __init__(self, store: Path) -> None:
+        ports = [_free_port() for _ in range(3)]
+        self.frontend, self.backend, self.replay = (f"tcp://127.0.0.1:{p}" for p in ports)
+        self.bus_file = store / "bus.json"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bus", "--store", str(store), "--frontend", self.frontend,
+             "--backend", self.backend, "--replay", self.replay],
+            cwd=ROOT, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not self.bus_file.exists():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("the broker did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def bench_catch_up(events: list[dict[str, Any]], work: Path) -> dict[str, Any]:
+    from bus import BusClient, BusTracker
+    from sinks.bus_source import BusSource
+    from sinks.file_sink import FileSink
+    from sinks.runtime import SinkRuntime
+
+    broker = _Broker(work / "store")
+    try:
+        tracker = BusTracker(bus=broker.bus_file)
+        for e in events:
+            tracker.emit(e)
+            if tracker.pending >= 5000:
+                tracker.flush(30_000)
+        tracker.flush(30_000)
+        tracker.close()
+        with BusClient(broker.backend, broker.replay, timeout_ms=30_000) as c:
+            deadline = time.monotonic() + 120
+            while c.stats()["events"] < len(events):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the store did not receive every event")
+                time.sleep(0.05)
+        source = BusSource.connect(bus_file=broker.bus_file, timeout_ms=30_000)
+        runtime = SinkRuntime(FileSink(work / "caught-up"), source, state_dir=work / "state")
+        t = threading.Thread(target=runtime.run, name="bench-sink", daemon=True)
+        t0 = time.perf_counter()
+        t.start()
+        deadline = time.monotonic() + 300
+        while runtime.counters.applied < len(events):
+            if time.monotonic() > deadline or not t.is_alive():
+                break
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - t0
+        applied = runtime.counters.applied
+        runtime.stop()
+        t.join(30)
+    finally:
+        broker.stop()
+    return {
+        "events": applied,
+        "seconds": elapsed,
+        "events_per_s": applied / elapsed,
+        "zero_loss": applied == len(events),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="fewer events (a smoke run)")
+    ap.add_argument("--events", type=int, help="events per benchmark [200000, quick 40000]")
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "sinks.json"))
+    args = ap.parse_args(argv)
+    n = args.events or (40_000 if args.quick else 200_000)
+    events = make_events(n)
+    results: dict[str, Any] = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "events": len(events),
+        "runs": RUNS,
+    }
+    with tempfile.TemporaryDirectory(prefix="rose-bench-sinks-") as tmp:
+        work = Path(tmp)
+        (work / "r").mkdir()
+        (work / "c").mkdir()
+        results["replay_into_file"] = bench_replay(events, work / "r")
+        results["catch_up_into_file"] = bench_catch_up(events, work / "c")
+    replay = results["replay_into_file"]
+    catch = results["catch_up_into_file"]
+    replay["target_events_per_s"] = TARGET_REPLAY_EVENTS_PER_S
+    replay["meets_target"] = replay["events_per_s"] >= TARGET_REPLAY_EVENTS_PER_S
+    rows = [
+        ("replay JSONL -> file sink", replay["events_per_s"], f">= {TARGET_REPLAY_EVENTS_PER_S:,}",
+         "ok" if replay["meets_target"] and replay["identical_output"] else "MISS"),
+        ("store catch-up -> file sink", catch["events_per_s"], "", "ok" if catch["zero_loss"] else "LOSS"),
+    ]  # fmt: skip
+    print(f"sinks: {len(events):,} events of {RUNS} runs (20-key iteration states)")
+    print(f"{'benchmark':32} {'events/s':>12}  {'target':>12}  result")
+    for name, rate, target, verdict in rows:
+        print(f"{name:32} {rate:12,.0f}  {target:>12}  {verdict}")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
