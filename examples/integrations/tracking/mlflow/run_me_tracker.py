@@ -50,7 +50,9 @@ async def main(max_iter: int, threshold: float, tracking_uri: str | None, work_d
     async def active_learn(*args, **kwargs):
         return problem.active_learn()
 
-    @learner.as_stop_criterion(metric_name=MEAN_SQUARED_ERROR_MSE, threshold=threshold, as_executable=False)
+    @learner.as_stop_criterion(
+        metric_name=MEAN_SQUARED_ERROR_MSE, threshold=threshold, as_executable=False
+    )
     async def check_mse(*args, **kwargs):
         return problem.test_mse()
 
@@ -67,24 +69,41 @@ async def main(max_iter: int, threshold: float, tracking_uri: str | None, work_d
     try:
         async for state in learner.start(max_iter=max_iter):
             final = state
-            print(f"iteration {state.iteration:2d}  test MSE {state.metric_value:.5f}  labeled {state.n_labeled:3d}")
+            print(
+                f"iteration {state.iteration:2d}  test MSE {state.metric_value:.5f}  labeled {state.n_labeled:3d}"
+            )
     finally:
         await engine.shutdown()
 
     print()
-    print(f"MLflow run:    {tracker.mlflow_run_id}  (experiment surrogate-v1, rose run {learner.run_id})")
+    print(
+        f"MLflow run:    {tracker.mlflow_run_id}  (experiment surrogate-v1, rose run {learner.run_id})"
+    )
     print(f"tracking URI:  {tracker.tracking_uri}")
     if final is not None:
         verdict = "criterion met" if final.should_stop else "max_iter reached"
-        print(f"final metric:  {MEAN_SQUARED_ERROR_MSE} = {final.metric_value:.5f} "
-              f"after {final.iteration + 1} iterations ({verdict})")
+        print(
+            f"final metric:  {MEAN_SQUARED_ERROR_MSE} = {final.metric_value:.5f} "
+            f"after {final.iteration + 1} iterations ({verdict})"
+        )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--max-iter", type=int, default=30)
     parser.add_argument("--threshold", type=float, default=0.01)
-    parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
-    parser.add_argument("--work-dir", type=Path, default=Path("runs"), help="where the engine keeps its session folder")
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("runs"),
+        help="where the engine keeps its session folder",
+    )
     args = parser.parse_args()
     asyncio.run(main(args.max_iter, args.threshold, args.tracking_uri, args.work_dir))
