@@ -21,6 +21,7 @@ next attempt starts a fresh worker, which recovers the same way.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -44,6 +45,9 @@ DEFAULT_REPLY_TIMEOUT_S = 120.0
 DEFAULT_MAX_WORKERS = 32
 #: How long a closing worker may take to close its task before it is killed.
 CLOSE_TIMEOUT_S = 60.0
+#: How long a new worker waits for an old one of the same run (e.g. orphaned by a
+#: killed sink, finishing its batch) to let go of the run.
+LOCK_TIMEOUT_S = 60.0
 JOURNAL_VERSION = 1
 
 
@@ -302,6 +306,24 @@ class _Worker:
     def _save(self) -> None:
         atomic_write_json(self.path, self.journal)
 
+    def lock(self, timeout_s: float = LOCK_TIMEOUT_S) -> None:
+        """Own the run: one worker per run, also across sink restarts (held until exit)."""
+        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise RuntimeError(
+                        f"run {self.run} is still held by another ClearML worker"
+                    ) from None
+                time.sleep(0.05)
+        self._lock_fd = fd  # released by the kernel when this process exits
+        self.journal = read_journal(self.path)  # what the previous owner left
+
     def _open(self) -> None:
         from rose.integrations.clearml_mapping import ClearMLWriter, init_task
 
@@ -411,6 +433,11 @@ def worker_main() -> None:
     if not hello:
         return
     worker = _Worker(hello)
+    try:
+        worker.lock()
+    except RuntimeError as exc:
+        log.warning("clearml: %s", exc)
+        os._exit(3)  # the parent sees a dead worker: a retry, later
 
     def reply(msg: dict[str, Any]) -> None:
         proto.write(json.dumps(msg) + "\n")
