@@ -191,8 +191,15 @@ _live: weakref.WeakSet[BusTracker] = weakref.WeakSet()
 
 @atexit.register
 def _close_all_at_exit() -> None:
-    for tracker in list(_live):
-        tracker.close()
+    # One shared deadline: many trackers with the broker down must not add up their waits.
+    trackers = list(_live)
+    if not trackers:
+        return
+    budget_s = max(t.flush_timeout_ms for t in trackers) / 1000
+    deadline = time.monotonic() + budget_s
+    for tracker in trackers:
+        left_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
+        tracker.close(timeout_ms=left_ms)
 
 
 class BusTracker(EventTracker):
