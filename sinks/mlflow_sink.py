@@ -1,0 +1,187 @@
+"""The MLflow sink: every rose run on the bus as an MLflow run.
+
+``rose sink mlflow --bus ~/rose-store/bus.json [--tracking-uri URI] [--experiment NAME]``
+
+The mapping is the in-process MLflowTracker's
+(:mod:`rose.integrations.mlflow_mapping`), so a run looks the same in MLflow
+whichever way it got there.  What the sink adds is volume: the runtime hands
+it hundreds of events of a run at once and they go out as a few
+``log_batch`` calls (up to 1000 metrics each) instead of one per iteration.
+
+Idempotent: each MLflow run is found by its ``rose.run_id`` tag and records
+how far it holds its rose run (``rose.next_seq``, written in the same call as
+the data).  A restarted sink, a second sink, or ``rose replay --into mlflow``
+resumes there and never logs a metric step twice.  While the tracking store
+is unreachable, calls fail fast and the runtime retries them with backoff
+without moving past them; other runs carry on.
+
+``mlflow`` is imported only when a sink is built, so ``rose --help`` and the
+other sinks never pay for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from sinks.base import ApplyResult, RunSink, Sink
+
+log = logging.getLogger(__name__)
+
+#: Experiment used when --experiment is not given.
+DEFAULT_EXPERIMENT = "rose"
+#: HTTP settings for a tracking server, unless the user set MLflow's own variables:
+#: fail fast and let the runtime back off (MLflow's default retries block for minutes).
+HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+#: MLflow unreachable is transient by nature: retry forever, never skip events.
+DEFAULT_MAX_ATTEMPTS: int | None = None
+
+CLI_HELP = "log each run to MLflow: manifest params, per-iteration metrics, stop tags, status"
+CLI_EPILOG = """\
+examples:
+  rose sink mlflow --bus ~/rose-store/bus.json                       # ./mlflow.db
+  rose sink mlflow --bus ~/rose-store/bus.json --tracking-uri http://127.0.0.1:5000 \\
+      --experiment surrogate-v1
+  rose replay runs/*.jsonl --into mlflow --experiment surrogate-v1
+  mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+The tracking URI is --tracking-uri, else $MLFLOW_TRACKING_URI, else
+sqlite:///mlflow.db.  Credentials for a tracking server come from MLflow's
+environment variables (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME and
+MLFLOW_TRACKING_PASSWORD), never from the command line.  Runs are found again
+by their rose.run_id tag, so restarts and replays log nothing twice.
+"""
+
+
+def add_cli_arguments(parser: Any, *, positional: bool = True) -> None:
+    parser.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    parser.add_argument(
+        "--experiment",
+        metavar="NAME",
+        default=None,
+        help=f"MLflow experiment for the runs, created if missing (default: {DEFAULT_EXPERIMENT})",
+    )
+
+
+def build_sink(args: Any) -> MLflowSink:
+    uri = getattr(args, "tracking_uri", None)
+    if uri and urllib.parse.urlsplit(uri).password:
+        raise ValueError(
+            "--tracking-uri holds a password; put credentials in MLFLOW_TRACKING_USERNAME / "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead"
+        )
+    for name, value in HTTP_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    return MLflowSink(tracking_uri=uri, experiment=getattr(args, "experiment", None))
+
+
+def default_state_dir(args: Any) -> Path:
+    return Path(".rose-sink") / "mlflow"
+
+
+def redact(uri: str) -> str:
+    """``uri`` without user info, for logs."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+class MLflowSink(Sink):
+    """One MlflowClient shared by all runs; one :class:`MLflowRunSink` per rose run."""
+
+    name = "mlflow"
+    idempotent = True
+
+    def __init__(self, tracking_uri: str | None = None, experiment: str | None = None) -> None:
+        from rose.integrations.mlflow_writer import resolve_tracking_uri
+
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.experiment = experiment or DEFAULT_EXPERIMENT
+        self._client: Any = None
+        self._exp_id: str | None = None
+
+    def _experiment_id(self) -> str:
+        if self._exp_id is None:
+            from mlflow import MlflowClient
+
+            from rose.integrations.mlflow_writer import experiment_id
+
+            if self._client is None:
+                self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            self._exp_id = experiment_id(self._client, self.experiment)
+            log.info(
+                "MLflow sink: experiment %r (%s) at %s",
+                self.experiment,
+                self._exp_id,
+                redact(self.tracking_uri),
+            )
+        return self._exp_id
+
+    def open_run(self, run: str) -> RunSink:
+        """Find (or prepare) the run's MLflow run; raising here makes the runtime retry."""
+        from rose.integrations.mlflow_writer import RunWriter
+
+        exp_id = self._experiment_id()
+        writer = RunWriter(self._client, exp_id, run)
+        writer.open()
+        return MLflowRunSink(writer)
+
+
+class MLflowRunSink(RunSink):
+    """The MLflow run of one rose run."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    def resume_seq(self) -> int | None:
+        return self.writer.position.seq
+
+    def apply(
+        self, events: list[dict[str, Any]], lines: list[str | None] | None = None
+    ) -> ApplyResult:
+        try:
+            return ApplyResult.ok(self.writer.apply(events))
+        except Exception as exc:
+            if _is_invalid(exc):
+                return self._find_invalid(events, exc)
+            return ApplyResult.retry(self.writer.applied_through(events), _describe(exc))
+
+    def _find_invalid(self, events: list[dict[str, Any]], exc: Exception) -> ApplyResult:
+        """MLflow refused a call of several events: apply one by one to find the culprit."""
+        for i, event in enumerate(events):
+            try:
+                self.writer.apply([event])
+            except Exception as one:
+                done = self.writer.applied_through(events)
+                if _is_invalid(one) and done == i:
+                    return ApplyResult.reject(done, _describe(one))
+                return ApplyResult.retry(done, _describe(one))
+        # Went through one by one (the refusal was about the combination): all applied.
+        log.warning(
+            "run %s: a batch MLflow refused went through event by event (%s)",
+            self.writer.rose_run,
+            _describe(exc),
+        )
+        return ApplyResult.ok(self.writer.applied_through(events))
+
+
+def _is_invalid(exc: BaseException) -> bool:
+    """MLflow says the data itself is wrong (retrying the same call cannot help)."""
+    from rose.integrations.mlflow_writer import error_code
+
+    return error_code(exc) == "INVALID_PARAMETER_VALUE"
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:300]}"

@@ -1,0 +1,243 @@
+"""The MLflow sink on a real bus: broker thread, `rose sink mlflow` processes, real MLflow.
+
+The contract of DESIGN §4 for MLflow: the content of an MLflow run (params,
+every metric history, tags, status, times) is the same whether it was tracked
+in process, through BusTracker → broker → MLflow sink, or by replaying the
+run's event log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mlflow")
+
+from bus import BusTracker  # noqa: E402
+from rose.cli import main as rose_main  # noqa: E402
+from rose.integrations.file_tracker import FileTracker  # noqa: E402
+from rose.integrations.mlflow_tracker import MLflowTracker  # noqa: E402
+from sinks.mlflow_sink import MLflowSink  # noqa: E402
+from sinks.runtime import SinkRuntime  # noqa: E402
+from sinks.sources import ListSource  # noqa: E402
+from sinks.state import read_status  # noqa: E402
+from tests.mlflow.helpers import build_learner, mlflow_content, run_learner, sqlite_uri  # noqa: E402
+from tests.sinks.helpers import run_events, wait_until  # noqa: E402
+
+BOUND_S = 90.0
+EXP = "contract"
+
+
+def publish(bus_file: Path, events: list[dict], *, pace_every: int = 0) -> BusTracker:
+    """Publish ready-made events through a real BusTracker, as a learner would."""
+    tracker = BusTracker(bus=bus_file)
+    for i, e in enumerate(events):
+        tracker.emit(e)
+        if pace_every and i % pace_every == 0:
+            time.sleep(0.002)
+    assert tracker.flush(20_000)
+    return tracker
+
+
+def interleave(*runs: list[dict]) -> list[dict]:
+    out = []
+    for i in range(max(len(r) for r in runs)):
+        out.extend(r[i] for r in runs if i < len(r))
+    return out
+
+
+def init_store(uri: str) -> str:
+    """Create the SQLite schema now, so the test's polling never races the sink's migration."""
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=uri).search_experiments()
+    return uri
+
+
+def positions(uri: str, experiment: str) -> dict[str, str]:
+    """rose run → its MLflow run's position tag, for runs that exist so far."""
+    try:
+        content = mlflow_content(uri, experiment)
+    except AssertionError:  # no experiment yet
+        return {}
+    return {run: c["tags"].get("rose.next_seq", "0") for run, c in content.items()}
+
+
+def wait_complete(uri: str, experiment: str, runs: dict[str, list[dict]]) -> None:
+    want = {run: str(len(events)) for run, events in runs.items()}
+    wait_until(
+        lambda: positions(uri, experiment) == want,
+        timeout=BOUND_S,
+        what=f"every run complete in {uri}",
+    )
+
+
+def assert_exactly_once(uri: str, experiment: str, runs: dict[str, list[dict]]) -> None:
+    """Every metric step of every run present once, with the value the events carried."""
+    content = mlflow_content(uri, experiment)
+    assert set(content) == set(runs)
+    for run, events in runs.items():
+        iterations = [e["body"] for e in events if e["kind"] == "iteration"]
+        metrics = content[run]["metrics"]
+        assert [(m[0], m[2]) for m in metrics["mean_squared_error_mse"]] == [
+            (b["iteration"], b["metric_value"]) for b in iterations
+        ], run
+        assert [m[0] for m in metrics["loss"]] == [b["iteration"] for b in iterations], run
+        assert content[run]["status"] == "FINISHED"
+
+
+async def test_contract_in_process_equals_bus_equals_replay(tmp_path, engine, broker, mlflow_sink):
+    bus_uri = init_store(sqlite_uri(tmp_path / "bus.db"))
+    sink = mlflow_sink(
+        "--bus", str(broker.bus_file), "--tracking-uri", bus_uri, "--experiment", EXP,
+        "--state", str(tmp_path / "state"),
+    )  # fmt: skip
+    inproc_uri = sqlite_uri(tmp_path / "inproc.db")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    async def one(parallel: bool, name: str) -> str:
+        learner = build_learner(engine, parallel=parallel, run_name=name)
+        bus_tracker = BusTracker(bus=broker.bus_file)
+        learner.add_tracker(FileTracker(logs))
+        learner.add_tracker(MLflowTracker(EXP, tracking_uri=inproc_uri))
+        learner.add_tracker(bus_tracker)
+        try:
+            await run_learner(learner, parallel=parallel, max_iter=4)
+        finally:
+            bus_tracker.close()
+        assert bus_tracker.dropped == 0
+        return learner.run_id
+
+    # Two learners at once, a sequential and a parallel one: two concurrent MLflow runs.
+    runs = await asyncio.gather(one(False, "seq"), one(True, "par"))
+    expected = mlflow_content(inproc_uri, EXP)
+    assert set(expected) == set(runs)
+    par = expected[runs[1]]["metrics"]
+    assert {"0/train_mse", "1/train_mse"} <= set(par) and "train_mse" not in par
+
+    want = {run: expected[run]["tags"]["rose.next_seq"] for run in runs}
+    wait_until(lambda: positions(bus_uri, EXP) == want, timeout=BOUND_S, what="bus sink")
+    assert sink.terminate() == 0
+    assert mlflow_content(bus_uri, EXP) == expected
+
+    # Replay of the event logs into a fresh store, through the CLI.
+    replay_uri = sqlite_uri(tmp_path / "replay.db")
+    argv = ["replay", *map(str, sorted(logs.glob("*.jsonl"))), "--into", "mlflow"]
+    argv += ["--tracking-uri", replay_uri, "--experiment", EXP, "--no-progress"]
+    assert rose_main(argv) == 0
+    assert mlflow_content(replay_uri, EXP) == expected
+    # Replaying again, or the broker's whole store, into the same MLflow changes nothing.
+    assert rose_main(argv) == 0
+    store = ["replay", str(broker.bus_file.parent), "--into", "mlflow", "--no-progress"]
+    assert rose_main([*store, "--tracking-uri", replay_uri, "--experiment", EXP]) == 0
+    assert mlflow_content(replay_uri, EXP) == expected
+    assert "Traceback" not in sink.output()
+
+
+def test_kill_9_mid_run_and_restart(tmp_path, broker, mlflow_sink):
+    runs = {f"k{i}": run_events(f"k{i}", 400) for i in range(3)}
+    uri = init_store(sqlite_uri(tmp_path / "mlflow.db"))
+    args = (
+        "--bus", str(broker.bus_file), "--tracking-uri", uri, "--experiment", "k9",
+        "--state", str(tmp_path / "state"), "--batch", "20",
+    )  # fmt: skip
+    first = mlflow_sink(*args, name="first")
+    done = threading.Event()
+
+    def learner() -> None:
+        publish(broker.bus_file, interleave(*runs.values()), pace_every=10).close()
+        done.set()
+
+    t = threading.Thread(target=learner, name="publisher", daemon=True)
+    t.start()
+
+    def progress() -> int:
+        return sum(int(p.split(":")[0]) for p in positions(uri, "k9").values())
+
+    wait_until(lambda: progress() > 60, timeout=BOUND_S, what="progress before the kill")
+    first.signal(signal.SIGKILL)
+    first.proc.wait(10)
+    killed_at = progress()
+    mlflow_sink(*args, name="second")
+    t.join(BOUND_S)
+    assert done.is_set()
+    total = sum(len(e) for e in runs.values())
+    assert 0 < killed_at < total
+    wait_complete(uri, "k9", runs)
+    assert_exactly_once(uri, "k9", runs)
+
+
+def test_tracking_server_outage_loses_and_duplicates_nothing(
+    tmp_path, broker, mlflow_sink, mlflow_server
+):
+    server = mlflow_server.start()
+    runs = {f"o{i}": run_events(f"o{i}", 120) for i in range(2)}
+    first_half = {r: e[:60] for r, e in runs.items()}
+    second_half = {r: e[60:] for r, e in runs.items()}
+    state = tmp_path / "state"
+    sink = mlflow_sink(
+        "--bus", str(broker.bus_file), "--tracking-uri", server.uri, "--experiment", "outage",
+        "--state", str(state), "--retry-max", "1", "--batch", "25",
+    )  # fmt: skip
+    publish(broker.bus_file, interleave(*first_half.values())).close()
+    wait_until(
+        lambda: positions(server.uri, "outage") == {r: "60" for r in runs},
+        timeout=BOUND_S,
+        what="first half through the server",
+    )
+
+    server.kill()  # the tracking server crashes; the learner keeps publishing
+    publish(broker.bus_file, interleave(*second_half.values())).close()
+
+    def retrying() -> bool:
+        status = read_status(state) or {}
+        return status.get("counters", {}).get("retries", 0) >= 2
+
+    wait_until(retrying, timeout=BOUND_S, what="the sink retrying while the server is down")
+    server.start()
+    wait_complete(server.uri, "outage", runs)
+    assert_exactly_once(server.uri, "outage", runs)
+    assert sink.terminate() == 0
+    status = json.loads((state / "status.json").read_text())
+    assert status["counters"]["failed"] == 0 and status["counters"]["gaps"] == 0
+    assert "Traceback" not in sink.output()
+
+
+def test_cli_refuses_a_password_on_the_command_line(tmp_path, capsys):
+    argv = ["sink", "mlflow", "--backend", "tcp://127.0.0.1:1", "--replay", "tcp://127.0.0.1:2"]
+    argv += ["--tracking-uri", "http://alice:s3cret@127.0.0.1:5000"]
+    assert rose_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "MLFLOW_TRACKING_PASSWORD" in err and "s3cret" not in err
+
+
+def test_many_runs_in_one_pass_and_an_event_mlflow_refuses(tmp_path, caplog):
+    """Runs interleaved in one backlog each get their run; a refused event is skipped alone."""
+    from mlflow import MlflowClient
+
+    uri = sqlite_uri(tmp_path / "m.db")
+    runs = {f"r{i}": run_events(f"r{i}", 30) for i in range(4)}
+    # r3's MLflow run already holds a different learner_type: MLflow refuses to change a param.
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("many")
+    other = client.create_run(exp, tags={"rose.run_id": "r3"})
+    client.log_param(other.info.run_id, "learner_type", "SomethingElse")
+
+    counters = SinkRuntime(MLflowSink(uri, "many"), ListSource(interleave(*runs.values()))).run()
+    assert counters.applied == sum(len(e) for e in runs.values()) - 1
+    assert counters.failed == 1  # r3's start event, and nothing else
+    content = mlflow_content(uri, "many")
+    for run, events in runs.items():
+        iterations = [e["body"]["iteration"] for e in events if e["kind"] == "iteration"]
+        assert [m[0] for m in content[run]["metrics"]["loss"]] == iterations
+        assert content[run]["status"] == "FINISHED"
+    assert content["r3"]["params"] == {"learner_type": "SomethingElse"}
+    assert content["r0"]["params"]["learner_type"] == "SequentialActiveLearner"
+    assert "skipping seq 0" in caplog.text
