@@ -85,3 +85,6 @@ def slack():
 def _no_proxies(monkeypatch):
     for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(key, raising=False)
+
+
+from tests.sinks.conftest import broker, sink_process  # noqa: E402, F401 - shared fixtures
