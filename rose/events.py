@@ -91,6 +91,8 @@ def _plain_array(a: np.ndarray) -> np.ndarray | Repr:
 
 def to_plain(x: Any, _depth: int = 0) -> Any:
     """Reduce ``x`` to the plain domain; never raises."""
+    if type(x) is dict and _flat_plain(x):
+        return x.copy()  # the tracker hot path: a state dict of numbers and strings
     if x is None or type(x) in (bool, str, float, Repr):
         return x
     if isinstance(x, str):
@@ -124,6 +126,20 @@ def to_plain(x: Any, _depth: int = 0) -> Any:
 
 #: Types to_plain returns unchanged.
 _LEAVES = frozenset({type(None), bool, str, float, Repr})
+_FLAT = _LEAVES | {int}
+_STR = frozenset({str})
+
+
+def _flat_plain(d: dict) -> bool:
+    """True when ``d`` has str keys and plain scalar values only (type checks run in C)."""
+    if not _STR.issuperset(map(type, d)):
+        return False
+    types = set(map(type, d.values()))
+    if not types <= _FLAT:
+        return False
+    return int not in types or all(
+        _INT_MIN <= v <= _INT_MAX for v in d.values() if type(v) is int
+    )
 
 
 def plain_equal(a: Any, b: Any) -> bool:

@@ -269,3 +269,12 @@ def test_run_ids():
     assert new_run_id("../../etc/passwd").startswith("etc-passwd-")
     assert len(new_run_id("...")) == 32  # nothing usable in the name → a plain uuid
     assert new_run_id("x" * 500).startswith("x" * 64 + "-")
+
+
+def test_flat_dict_fast_path_keeps_the_rules():
+    flat = {"a": 1, "b": 0.5, "c": "x", "d": None, "e": True}
+    out = to_plain(flat)
+    assert out == flat and out is not flat  # a copy: later changes to state do not leak
+    assert isinstance(to_plain({"big": 2**70})["big"], Repr)  # beyond msgpack's int range
+    assert to_plain({"f": np.float64(0.5)})["f"] == 0.5
+    assert to_plain({1: 2}) == {"1": 2}
