@@ -17,6 +17,7 @@ Prints a table and writes JSON; run it alone or through scripts/bench.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -78,7 +79,8 @@ def bench_replay(events: list[dict[str, Any]], work: Path) -> dict[str, Any]:
     from rose.eventlog import EventLogWriter
     from sinks.cli import ChainSource
     from sinks.file_sink import FileSink
-    from sinks.runtime import SinkRuntime
+    from sinks.replay import default_jobs, replay_parallel
+    from sinks.runtime import RuntimeConfig, SinkRuntime
     from sinks.sources import LogSource
 
     logs = work / "logs"
@@ -92,13 +94,23 @@ def bench_replay(events: list[dict[str, Any]], work: Path) -> dict[str, Any]:
         w.close()
     paths = sorted(logs.glob("*.jsonl"))
     size = sum(p.stat().st_size for p in paths)
-    source = ChainSource([LogSource([p]) for p in paths])
+    # What `rose replay LOG... --into file` does: split by run over the CPUs, else one process.
+    jobs = default_jobs()
     t0 = time.perf_counter()
-    counters = SinkRuntime(FileSink(work / "replayed"), source).run()
+    done = replay_parallel(
+        functools.partial(FileSink, work / "replayed"), paths, RuntimeConfig(), jobs=jobs
+    )
+    if done is None:
+        jobs = 1
+        source = ChainSource([LogSource([p]) for p in paths])
+        counters = SinkRuntime(FileSink(work / "replayed"), source).run()
+    else:
+        counters = done[0]
     elapsed = time.perf_counter() - t0
     same = all((work / "replayed" / p.name).read_bytes() == p.read_bytes() for p in paths)
     return {
         "events": counters.applied,
+        "processes": jobs,
         "bytes": size,
         "seconds": elapsed,
         "events_per_s": counters.applied / elapsed,

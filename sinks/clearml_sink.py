@@ -512,6 +512,7 @@ def add_cli_arguments(parser: Any, *, positional: bool = True) -> None:
     parser.add_argument(
         "--max-workers",
         type=int,
+        metavar="N",
         default=DEFAULT_MAX_WORKERS,
         help="active runs with a live worker process at once (default: %(default)s)",
     )

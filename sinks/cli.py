@@ -296,6 +296,14 @@ def _register_replay(subparsers: Any) -> None:
         help="publish to a broker's frontend (tcp://HOST:5555) or via its bus.json",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="processes for large replays of logs into sinks that allow it (file); "
+        "0 = one per CPU [%(default)s]",
+    )
     _add_runtime_options(p, replay=True)
     owners: dict[str, tuple[str, Any]] = {}
     for name, module in kinds.items():
@@ -450,12 +458,17 @@ def run_replay(args: argparse.Namespace) -> int:
         source, _ = _sources(logs, progress)
         if args.publish:
             return _publish(args, source)
-        return _replay_into(args, source)
+        return _replay_into(args, source, logs, progress)
     finally:
         progress.close()
 
 
-def _replay_into(args: argparse.Namespace, source: ChainSource) -> int:
+def _replay_into(
+    args: argparse.Namespace,
+    source: ChainSource,
+    logs: list[tuple[str, Path]] | None = None,
+    progress: _Progress | None = None,
+) -> int:
     from sinks.runtime import SinkRuntime
 
     module = load_kind(args.into)
@@ -470,17 +483,26 @@ def _replay_into(args: argparse.Namespace, source: ChainSource) -> int:
         raise UsageError(f"{', '.join(foreign)} {verb} not apply to --into {args.into}")
     config = _runtime_config(args, module)
     sink = _build_sink(module, args)
-    runtime = SinkRuntime(sink, source, state_dir=args.state, config=config, name=args.into)
-    _install_signals(runtime.stop)
     started = time.perf_counter()
-    c = _run_runtime(runtime)
+    parallel = _try_parallel(args, module, logs or [], config, progress)
+    if parallel is not None:
+        source.close()
+        sink.shutdown()
+        c, bad_lines = parallel
+        stopping = False
+    else:
+        runtime = SinkRuntime(sink, source, state_dir=args.state, config=config, name=args.into)
+        _install_signals(runtime.stop)
+        c = _run_runtime(runtime)
+        bad_lines = _bad_lines(source)
+        stopping = runtime.stopping
     elapsed = max(time.perf_counter() - started, 1e-9)
     parts = [f"{c.applied} applied"]
     for label, n in (
         ("duplicate(s) skipped", c.duplicates),
         ("missing from the logs", c.gaps),
         ("failed", c.failed),
-        ("invalid", c.invalid + _bad_lines(source)),
+        ("invalid", c.invalid + bad_lines),
     ):
         if n:
             parts.append(f"{n} {label}")
@@ -489,9 +511,37 @@ def _replay_into(args: argparse.Namespace, source: ChainSource) -> int:
         f"({elapsed:.2f}s, {c.received / elapsed:,.0f} events/s)",
         file=sys.stderr,
     )
-    if runtime.stopping:
+    if stopping:
         return 130
     return 1 if c.failed else 0
+
+
+def _try_parallel(
+    args: argparse.Namespace,
+    module: ModuleType,
+    logs: list[tuple[str, Path]],
+    config: Any,
+    progress: _Progress | None,
+) -> tuple[Any, int] | None:
+    """Replay in several processes when the sink allows it and it pays; else None."""
+    import functools
+
+    from sinks.replay import default_jobs, replay_parallel
+
+    if args.jobs < 0:
+        raise UsageError("--jobs must be >= 0 (0 = one per CPU)")
+    jobs = args.jobs or default_jobs()
+    if (
+        jobs < 2
+        or args.state
+        or not getattr(module, "PARALLEL_REPLAY", False)
+        or any(kind != "log" for kind, _ in logs)
+    ):
+        return None
+    paths = [p for _, p in logs]
+    on_done = progress.advance if progress is not None else None
+    builder = functools.partial(module.build_sink, args)
+    return replay_parallel(builder, paths, config, jobs=jobs, on_done=on_done)
 
 
 def _bad_lines(source: ChainSource) -> int:

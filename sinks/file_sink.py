@@ -171,6 +171,8 @@ examples:
 The files are the checkpoint: a restarted sink never appends an event a
 file already holds, and drops a torn last line left by a killed writer.
 """
+#: Runs are separate files: ``rose replay --into file`` may split logs over processes.
+PARALLEL_REPLAY = True
 #: Disk errors are usually transient (full disk, NFS hiccup): retry forever by default.
 DEFAULT_MAX_ATTEMPTS: int | None = None
 

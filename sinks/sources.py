@@ -178,6 +178,9 @@ def _no_constants(token: str) -> Any:
     raise ValueError(f"non-standard JSON constant {token}")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+
+
 def parse_line(text: str) -> dict[str, Any]:
     """One JSONL event line → validated event (the strict JSON that rose writes).
 
@@ -187,7 +190,7 @@ def parse_line(text: str) -> dict[str, Any]:
     if '"__' in text:
         return from_json_line(text)
     try:
-        raw = json.loads(text, parse_constant=_no_constants)
+        raw = _DECODER.decode(text)
     except (ValueError, RecursionError):
         return from_json_line(text)  # raises EventError with the usual message
     return validate(raw)

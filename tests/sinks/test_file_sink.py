@@ -268,3 +268,42 @@ def test_replay_into_tracker_with_state_is_idempotent(tmp_path, capsys, monkeypa
     assert calls[0] == [7, "r", 0, "SequentialActiveLearner"]
     assert calls[3][3] == [1.0, 0.5, 1 / 3] and calls[4][3] == "max_iter_reached"
     assert not math.isnan(calls[1][3][0])
+
+
+def test_parallel_replay_splits_by_run_and_matches_serial(tmp_path, capsys, caplog, monkeypatch):
+    import logging
+
+    import sinks.replay
+
+    caplog.set_level(logging.INFO, logger="sinks.replay")
+    monkeypatch.setattr(sinks.replay, "MIN_PARALLEL_BYTES", 0)
+    runs = {f"p{i}": run_events(f"p{i}", 30) for i in range(4)}
+    for name, events in runs.items():
+        write_log(tmp_path / f"{name}.jsonl", events)
+    # a spool of p0 in a second file: both files must land in the same process
+    write_log(tmp_path / "spool-p0.jsonl", runs["p0"][10:])
+    groups = sinks.replay.plan_groups(sorted(tmp_path.glob("*.jsonl")), 3)
+    assert groups is not None and len(groups) == 3
+    assert any({p.name for p in g} >= {"p0.jsonl", "spool-p0.jsonl"} for g in groups)
+    logs = [str(p) for p in sorted(tmp_path.glob("*.jsonl"))]
+    assert (
+        rose_main(
+            ["replay", *logs, "--into", "file", "--out", str(tmp_path / "par"), "--jobs", "3"]
+        )
+        == 0
+    )
+    assert "22 duplicate(s) skipped" in capsys.readouterr().err
+    assert "in 3 processes" in caplog.text
+    assert (
+        rose_main(
+            ["replay", *logs, "--into", "file", "--out", str(tmp_path / "ser"), "--jobs", "1"]
+        )
+        == 0
+    )
+    for name in runs:
+        assert (tmp_path / "par" / f"{name}.jsonl").read_bytes() == (
+            tmp_path / "ser" / f"{name}.jsonl"
+        ).read_bytes()
+    # a line whose envelope cannot be read without JSON: no split, same result
+    (tmp_path / "odd.jsonl").write_text('{"run": "p1", "v": 1}\n')
+    assert sinks.replay.plan_groups(sorted(tmp_path.glob("*.jsonl")), 3) is None
