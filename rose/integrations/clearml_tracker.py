@@ -16,11 +16,12 @@ many concurrent runs, publish with ``bus.BusTracker`` and run
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
 from rose.events import EventTracker
-from rose.integrations.clearml_mapping import ClearMLWriter, init_task
+from rose.integrations.clearml_mapping import INHERITED_ENV, ClearMLWriter, init_task
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class ClearMLTracker(EventTracker):
         self.task_name = task_name
         self.learner_names = list(learner_names) if learner_names else None
         self._writer: ClearMLWriter | None = None
+        self._env_before: dict[str, str | None] = {}
         self.task: Any = None
 
     @property
@@ -50,6 +52,7 @@ class ClearMLTracker(EventTracker):
     def emit(self, event: dict[str, Any]) -> None:
         if event["kind"] == "start" or self._writer is None:
             self.close()  # a tracker reused for a second run starts a fresh task
+            self._env_before = {k: os.environ.get(k) for k in INHERITED_ENV}
             self.task = init_task(self.project_name, self.task_name)
             self._writer = ClearMLWriter(self.task, self.learner_names)
             log.info("run %s → ClearML task %s", event["run"], self.task.id)
@@ -61,4 +64,17 @@ class ClearMLTracker(EventTracker):
         """Close the task (flushing it); safe to call twice."""
         writer, self._writer = self._writer, None
         if writer is not None:
-            writer.close()
+            try:
+                writer.close()
+            finally:
+                self._restore_env()
+
+    def _restore_env(self) -> None:
+        # ClearML leaves "<pid>:" in CLEARML_PROC_MASTER_ID after close; a child process
+        # of the learner that inherits it gets a stub task from its own Task.init.
+        for key, value in self._env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._env_before = {}

@@ -16,7 +16,12 @@ import pytest
 from tests.sinks.conftest import broker, sink_process  # noqa: F401 - shared fixtures
 
 os.environ["CLEARML_OFFLINE_MODE"] = "1"
-for _key in ("CLEARML_PROC_MASTER_ID", "CLEARML_TASK_ID"):
+for _key in (
+    "CLEARML_PROC_MASTER_ID",
+    "CLEARML_TASK_ID",
+    "TRAINS_PROC_MASTER_ID",
+    "TRAINS_TASK_ID",
+):
     os.environ.pop(_key, None)
 
 pytest.importorskip("clearml")

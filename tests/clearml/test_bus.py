@@ -18,7 +18,7 @@ import pytest
 from bus import BusTracker
 from rose.al import ParallelActiveLearner
 from rose.cli import main as rose_main
-from rose.integrations.clearml_mapping import Scalar, Tags, event_ops
+from rose.integrations.clearml_mapping import INHERITED_ENV, Scalar, Tags, event_ops
 from rose.integrations.clearml_tracker import ClearMLTracker
 from rose.integrations.file_tracker import FileTracker
 from tests.clearml.conftest import by_run, normalized, sessions
@@ -27,7 +27,7 @@ from tests.sinks.helpers import run_events, wait_until
 from tests.sinks.test_bus_sinks import interleave, publish
 
 BOUND_S = 90.0
-CLEAN_ENV = ("CLEARML_PROC_MASTER_ID", "CLEARML_TASK_ID")
+CLEAN_ENV = INHERITED_ENV
 
 
 def sink_env(cache: Path) -> dict[str, str]:

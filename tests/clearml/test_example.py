@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+from rose.integrations.clearml_mapping import clean_child_env
 from tests.clearml.conftest import normalized, sessions
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples/integrations/tracking/clearml/run_me.py"
@@ -14,11 +14,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples/integrations/tracking/
 
 def test_example_runs_offline(tmp_path):
     cache = tmp_path / "cache"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("CLEARML_PROC_MASTER_ID", "CLEARML_TASK_ID")
-    }
+    env = clean_child_env()
     env.update(CLEARML_OFFLINE_MODE="1", CLEARML_CACHE_DIR=str(cache))
     proc = subprocess.run(
         [sys.executable, str(EXAMPLE), "--max-iter", "2", "--work-dir", str(tmp_path / "runs")],
@@ -29,7 +25,7 @@ def test_example_runs_offline(tmp_path):
         timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "ClearML task: offline-" in proc.stdout
+    assert "ClearML task: offline-" in proc.stdout, proc.stdout[-1500:] + proc.stderr[-3000:]
     (session,) = sessions(cache)
     got = normalized(session)
     assert got["name"] == "ensemble-run-01" and got["project"] == "ROSE-Materials-UQ"

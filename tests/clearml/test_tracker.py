@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from rose.al import ParallelActiveLearner, SequentialActiveLearner
+from rose.integrations.clearml_mapping import INHERITED_ENV
 from rose.integrations.clearml_tracker import ClearMLTracker
 from tests.clearml.conftest import normalized, sessions
 from tests.clearml.pipelines import register
@@ -86,6 +89,8 @@ async def test_two_runs_in_turn_make_two_tasks(engine, clearml_cache):
             pass
     names = sorted(s["task"]["name"] for s in sessions(clearml_cache))
     assert names == ["first", "second"]
+    # ClearML's "<pid>:" marker is gone again: a child process would get a stub task.
+    assert not any(k in os.environ for k in INHERITED_ENV)
     runs = {s["task"]["hyperparams"]["rose"]["run"]["value"] for s in sessions(clearml_cache)}
     assert len(runs) == 2
 
