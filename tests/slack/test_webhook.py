@@ -102,3 +102,12 @@ def test_secret_from_env_or_private_file(tmp_path, monkeypatch, caplog):
     with pytest.raises(ValueError, match="http") as err:
         load_webhook_url(file=path)
     assert SECRET not in caplog.text
+
+
+def test_posts_are_paced_to_slacks_rate_limit(slack):
+    t = FakeTime()
+    hook = Webhook(slack.url, min_interval_s=1.0, clock=t.clock, sleep=t.sleep)
+    for i in range(3):
+        assert hook.post({"text": str(i)}).delivery is Delivery.OK
+    assert t.slept == [1.0, 1.0]  # the first goes at once, then one per second
+    assert slack.texts() == ["0", "1", "2"]
