@@ -462,14 +462,44 @@ def decode(data: bytes) -> dict[str, Any]:
 _MARKERS = ("__ndarray__", "__repr__", "__bytes__", "__float__", "__dict__")
 
 
+_JSON_SCALARS = frozenset({type(None), bool, str, int, float})
+
+
+def _json_flat(d: dict) -> bool:
+    """A dict JSON can take as it is: str keys, finite scalar values, not marker-shaped."""
+    if len(d) == 1 or not _STR.issuperset(map(type, d)):
+        return False
+    types = set(map(type, d.values()))
+    if not types <= _JSON_SCALARS:
+        return False
+    if float not in types:
+        return True
+    if types == {float}:
+        return math.isfinite(sum(d.values()))  # any nan/inf makes the sum non-finite
+    return all(math.isfinite(v) for v in d.values() if type(v) is float)
+
+
+_JSON_LEAVES = frozenset({type(None), bool, str, int})  # floats may be nan/inf
+
+
 def _to_json(x: Any) -> Any:
-    if isinstance(x, Repr):
+    t = type(x)
+    if t is dict:
+        if _json_flat(x):
+            return x
+        d = {k: v if type(v) in _JSON_LEAVES else _to_json(v) for k, v in x.items()}
+        if len(d) == 1 and next(iter(d)) in _MARKERS:
+            return {"__dict__": d}  # a user's dict that looks like a marker
+        return d
+    if t is list:
+        return [v if type(v) in _JSON_LEAVES else _to_json(v) for v in x]
+    if t is float:
+        return x if math.isfinite(x) else {"__float__": repr(x)}
+    if t is Repr:
         return {"__repr__": str(x)}
-    if isinstance(x, float) and not math.isfinite(x):
-        return {"__float__": repr(x)}
-    if isinstance(x, bytes):
+    if t is bytes:
         return {"__bytes__": base64.b64encode(x).decode()}
-    if isinstance(x, np.ndarray):
+    if t is np.ndarray:
         return {
             "__ndarray__": {
                 "dtype": x.dtype.str,
@@ -477,20 +507,13 @@ def _to_json(x: Any) -> Any:
                 "data": base64.b64encode(x.tobytes()).decode(),
             }
         }
-    if isinstance(x, dict):
-        d = {k: _to_json(v) for k, v in x.items()}
-        if len(d) == 1 and next(iter(d)) in _MARKERS:
-            return {"__dict__": d}  # a user's dict that looks like a marker
-        return d
-    if isinstance(x, list):
-        return [_to_json(v) for v in x]
     return x
 
 
 def _from_json(x: Any) -> Any:
-    if isinstance(x, list):
-        return [_from_json(v) for v in x]
-    if not isinstance(x, dict):
+    if type(x) is list:
+        return [v if type(v) in _JSON_SCALARS else _from_json(v) for v in x]
+    if type(x) is not dict:
         return x
     if len(x) == 1:
         ((key, val),) = x.items()
@@ -504,7 +527,9 @@ def _from_json(x: Any) -> Any:
             return _array_from(val.get("dtype"), val.get("shape"), _b64(val.get("data")))
         if key == "__dict__" and isinstance(val, dict):
             return {k: _from_json(v) for k, v in val.items()}
-    return {k: _from_json(v) for k, v in x.items()}
+    elif _JSON_SCALARS.issuperset(map(type, x.values())):
+        return x  # no markers inside: json.loads already built exactly this
+    return {k: v if type(v) in _JSON_SCALARS else _from_json(v) for k, v in x.items()}
 
 
 def _b64(s: Any) -> bytes:
