@@ -13,6 +13,16 @@ never decoded), deduplicated by (run, seq), appended to the store, handed to
 the OS and only then forwarded.  Bad frames are counted, logged once per kind
 with a count, and skipped.
 
+When the store cannot be written (disk full, quota, file size limit) the
+broker holds the events it has, stops reading from learners (their
+BusTrackers queue and spool meanwhile), keeps answering requests from what is
+on disk, says so once in the log and in ``stats``, and retries; once the write
+goes through it forwards what it held and reads on.
+
+With ``curve_secret_key`` and ``authorized_keys`` every socket is a CURVE
+server: traffic is encrypted and only clients whose public key is in the
+authorized-keys directory get anything in or out (:mod:`bus.security`).
+
 ``Broker`` is only the logic; ``Broker.run()`` blocks in whatever thread calls
 it until ``stop()``.  ``BrokerThread`` runs it in a thread (tests, demos, embedded
 use); ``rose bus`` runs it in the main thread of its own process.
@@ -36,6 +46,14 @@ from typing import Any
 import msgpack
 import zmq
 
+from bus.security import (
+    RELOAD_INTERVAL_S,
+    Authorizer,
+    CurveError,
+    KeyPair,
+    apply_server,
+    load_keypair,
+)
 from bus.store import DEFAULT_FSYNC_INTERVAL_S, DEFAULT_SEGMENT_BYTES, EventStore, Record
 from bus.wire import (
     DEFAULT_BACKEND,
@@ -62,6 +80,8 @@ MAX_FETCH_LIMIT = 10_000
 MAX_REPLY_BYTES = 8 * 1024 * 1024
 #: Rejected-message summaries are logged at most this often.
 REJECT_LOG_INTERVAL_S = 60.0
+#: While the store cannot be written, retry this often.
+STORE_RETRY_S = 0.5
 
 
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -83,6 +103,7 @@ class Counters:
     requests: int = 0
     bad_requests: int = 0
     rejected_by: dict[str, int] = field(default_factory=dict)
+    store_errors: int = 0  # failed store writes (each failure episode retries many times)
 
 
 class _BadRequest(Exception):
@@ -149,9 +170,21 @@ class Broker:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         fsync_interval_s: float = DEFAULT_FSYNC_INTERVAL_S,
         write_bus_file: bool = True,
+        curve_secret_key: str | os.PathLike[str] | None = None,
+        authorized_keys: str | os.PathLike[str] | None = None,
     ) -> None:
         if hwm <= 0 or max_event_bytes <= 0:
             raise ValueError("hwm and max_event_bytes must be positive")
+        self.curve: KeyPair | None = None
+        self.authorizer: Authorizer | None = None
+        if (curve_secret_key is None) != (authorized_keys is None):
+            raise CurveError(
+                "CURVE needs both the broker's secret key (--curve-secret-key FILE) and the "
+                "directory of the clients' public keys (--authorized-keys DIR)"
+            )
+        if curve_secret_key is not None and authorized_keys is not None:
+            self.curve = load_keypair(curve_secret_key, "broker secret key file")
+            self.authorizer = Authorizer(authorized_keys)
         self.store_dir = Path(store_dir)
         self.requested = {"frontend": frontend, "backend": backend, "replay": replay}
         self.hwm = hwm
@@ -170,6 +203,12 @@ class Broker:
         self._reject_logged = 0
         self._reject_log_at = 0.0
         self._store: EventStore | None = None
+        #: Events received but not yet stored, while the store cannot be written.
+        self._held: list[tuple[bytes, bytes, bytes]] = []
+        self._store_error = ""
+        self._store_failed_at = 0.0
+        self._store_retry_at = 0.0
+        self._next_key_check = 0.0
 
     @property
     def bus_file(self) -> Path:
@@ -197,6 +236,8 @@ class Broker:
             )
             self.store_id = self._store.store_id
             ctx = zmq.Context()
+            if self.authorizer is not None:
+                self.authorizer.start(ctx)
             front, back, rep = self._bind(ctx, sockets)
             if self.write_bus_file:
                 self._write_bus_file()
@@ -206,12 +247,13 @@ class Broker:
             self._close(ctx, sockets)
             raise
         log.info(
-            "broker up: learners -> %s, sinks -> %s, requests -> %s, store %s (id %s)",
+            "broker up: learners -> %s, sinks -> %s, requests -> %s, store %s (id %s)%s",
             self.endpoints["frontend"],
             self.endpoints["backend"],
             self.endpoints["replay"],
             self.store_dir,
             self.store_id,
+            "" if self.curve is None else f", CURVE key {self.curve.public.decode()}",
         )
         self.ready.set()
         try:
@@ -246,6 +288,8 @@ class Broker:
         rep.setsockopt(zmq.SNDHWM, 1000)
         for sock in sockets:
             sock.setsockopt(zmq.LINGER, 0)
+            if self.curve is not None:
+                apply_server(sock, self.curve)
         for name, sock in zip(("frontend", "backend", "replay"), sockets, strict=True):
             ep = self.requested[name]
             try:
@@ -265,6 +309,8 @@ class Broker:
             "host": socket.gethostname(),
             "pid": os.getpid(),
         }
+        if self.curve is not None:
+            info["curve_public_key"] = self.curve.public.decode()
         tmp = self.bus_file.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(info, indent=2) + "\n")
         os.replace(tmp, self.bus_file)
@@ -273,11 +319,20 @@ class Broker:
         for sock in sockets:
             sock.close(linger=0)
         if self._store is not None:
+            unstored = self._store.buffered
             try:
                 self._store.close()
-            except OSError:
-                log.exception("closing the store %s failed", self.store_dir)
+            except OSError as exc:
+                log.error(
+                    "closing the store %s failed: %s; %d received event(s) were not stored "
+                    "(learners re-send their recent events to the next broker)",
+                    self.store_dir,
+                    exc.strerror or exc,
+                    unstored,
+                )
             self._store = None
+        if self.authorizer is not None:
+            self.authorizer.stop()  # its ZAP socket must close before the context ends
         if ctx is not None:
             ctx.term()
 
@@ -289,22 +344,46 @@ class Broker:
         poller = zmq.Poller()
         for sock in (front, back, rep):
             poller.register(sock, zmq.POLLIN)
+        reading = True
         while not self._stopping.is_set():
             ready = dict(poller.poll(POLL_MS))
+            now = time.monotonic()
+            if self._held and now >= self._store_retry_at:
+                self._store_held(back, store)
             if front in ready:
                 self._pump(front, back, store)
             if back in ready:
                 self._drain_subscriptions(back)
             if rep in ready:
                 self._serve(rep, store)
+            if reading == bool(self._held):  # hold back learners while the store fails
+                reading = not self._held
+                if reading:
+                    poller.register(front, zmq.POLLIN)
+                else:
+                    poller.unregister(front)
             now = time.monotonic()
-            store.maybe_sync(now)
+            if not self._held:
+                self._sync(store, now)
             if self.counters.rejected != self._reject_logged:
                 self._log_rejects(now=now)
+            if self.authorizer is not None and now >= self._next_key_check:
+                self._next_key_check = now + RELOAD_INTERVAL_S
+                self.authorizer.maybe_reload()
+
+    def _sync(self, store: EventStore, now: float) -> None:
+        try:
+            store.maybe_sync(now)
+        except OSError as exc:  # data is with the OS; fsync is retried at the next interval
+            self.counters.store_errors += 1
+            if self.counters.store_errors == 1:
+                log.error("fsync of the store %s failed: %s", self.store_dir, exc)
 
     def _pump(self, front: zmq.Socket, back: zmq.Socket, store: EventStore) -> None:
         # Hand-rolled recv/send with int flags: about twice as fast as
         # recv_multipart/send_multipart, which is what the 50k events/s target needs.
+        if self._held:
+            return  # the store is failing: learners wait (bounded, on their side)
         c = self.counters
         forward: list[tuple[bytes, bytes, bytes]] = []
         limit = self.max_event_bytes
@@ -337,7 +416,28 @@ class Broker:
             forward.append((topic, added[1], payload))
         if not forward:
             return
-        store.write()  # the OS has every event before any sink hears of it
+        self._held = forward
+        self._store_held(back, store)
+
+    def _store_held(self, back: zmq.Socket, store: EventStore) -> None:
+        """Write the held events to the store, then forward them; on failure hold on."""
+        c = self.counters
+        forward = self._held
+        try:
+            store.write()  # the OS has every event before any sink hears of it
+        except OSError as exc:
+            self._store_failed(exc, len(forward))
+            return
+        if self._store_error:
+            log.warning(
+                "store %s is writable again after %.1fs: %d held event(s) stored; reading "
+                "from learners again",
+                self.store_dir,
+                time.monotonic() - self._store_failed_at,
+                len(forward),
+            )
+            self._store_error = ""
+        self._held = []
         c.stored += len(forward)
         send = back.send
         for topic, header, payload in forward:
@@ -347,6 +447,24 @@ class Broker:
             send(header, _SNDMORE)
             send(payload, _NOBLOCK)
         c.forwarded += len(forward)
+
+    def _store_failed(self, exc: OSError, held: int) -> None:
+        self.counters.store_errors += 1
+        now = time.monotonic()
+        self._store_retry_at = now + STORE_RETRY_S
+        if self._store_error:
+            return  # reported when the episode began; the recovery is reported too
+        self._store_error = f"{exc.strerror or exc} (errno {exc.errno})"
+        self._store_failed_at = now
+        log.error(
+            "cannot write to the store %s: %s. Holding %d event(s) and not reading from "
+            "learners until it can (their BusTrackers queue and spool meanwhile); retrying "
+            "every %.1fs. Free some space or raise the quota.",
+            self.store_dir,
+            self._store_error,
+            held,
+            STORE_RETRY_S,
+        )
 
     def _drain_subscriptions(self, back: zmq.Socket) -> None:
         for _ in range(BATCH):
@@ -416,7 +534,7 @@ class Broker:
 
     def _answer(self, req: dict, store: EventStore) -> dict[str, Any]:
         op = req.get("op")
-        base = {"ok": True, "store_id": store.store_id, "next_offset": store.next_offset}
+        base = {"ok": True, "store_id": store.store_id, "next_offset": store.durable_offset}
         if op == "hello":
             return {**base, "endpoints": dict(self.endpoints), "v": SCHEMA_VERSION}
         if op == "fetch":
@@ -452,7 +570,12 @@ class Broker:
             "forwarded": c.forwarded,
             "requests": c.requests,
             "bad_requests": c.bad_requests,
-            "events": 0 if store is None else store.next_offset,
+            "store_errors": c.store_errors,
+            "store_error": self._store_error,
+            "held": len(self._held),
+            "auth_denied": 0 if self.authorizer is None else self.authorizer.denied,
+            "curve": self.curve is not None,
+            "events": 0 if store is None else store.durable_offset,
             "runs": runs,
             "store_id": self.store_id,
             "endpoints": dict(self.endpoints),

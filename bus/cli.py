@@ -1,4 +1,4 @@
-"""``rose bus``: run the broker in this process until SIGTERM or SIGINT."""
+"""``rose bus``: run the broker in this process until SIGTERM or SIGINT; ``rose keys``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from bus.wire import DEFAULT_BACKEND, DEFAULT_FRONTEND, DEFAULT_MAX_EVENT_BYTES, DEFAULT_REPLAY
@@ -19,6 +20,38 @@ durable store in --store before it is forwarded, duplicates are dropped, and
 DIR/bus.json records the endpoints so learners and sinks can find the broker
 with --bus DIR/bus.json (or BusTracker(bus=...)).  Loopback only unless you
 give other addresses.  SIGTERM or Ctrl-C flushes the store and exits 0.
+
+With --curve-secret-key and --authorized-keys every socket is encrypted and
+authenticated (CURVE): only clients whose public key file is in the
+authorized-keys directory get events in or out.  bus.json then carries the
+broker's public key, so clients that read it only need their own key pair.
+"""
+
+BUS_EPILOG = """\
+examples:
+  rose bus --store ~/rose-store
+  rose keys generate ~/.rose/keys
+  rose bus --store ~/rose-store --frontend tcp://0.0.0.0:5555 \\
+      --curve-secret-key ~/.rose/keys/broker.key_secret --authorized-keys ~/.rose/keys/authorized
+"""
+
+KEYS_HELP = """\
+Create CURVE key pairs for the bus.  Without --name: a broker pair
+(broker.key, broker.key_secret), a client pair (client.key,
+client.key_secret) and DIR/authorized/ holding client.key, which is all a
+single user needs.  With --name NAME: one more pair, NAME.key and
+NAME.key_secret (add --authorize to let it in).  Secret files are created
+0600 and never overwritten unless --force.
+"""
+
+KEYS_EPILOG = """\
+examples:
+  rose keys generate ~/.rose/keys
+  rose bus --curve-secret-key ~/.rose/keys/broker.key_secret \\
+           --authorized-keys ~/.rose/keys/authorized --store ~/rose-store
+  rose sink file --bus ~/rose-store/bus.json --client-key ~/.rose/keys/client.key_secret --out runs/
+  # learner:  BusTracker(bus="~/rose-store/bus.json", client_key="~/.rose/keys/client.key_secret")
+  rose keys generate ~/.rose/keys --name sinks --authorize
 """
 
 
@@ -27,6 +60,7 @@ def register(subparsers: Any) -> None:
         "bus",
         help="run the broker (event store + forwarding to sinks)",
         description=HELP,
+        epilog=BUS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -73,7 +107,90 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="reject larger events [%(default)s]",
     )
+    g = p.add_argument_group("CURVE security (both or neither)")
+    g.add_argument(
+        "--curve-secret-key",
+        metavar="FILE",
+        help="the broker's NAME.key_secret (from `rose keys generate`): encrypt every socket",
+    )
+    g.add_argument(
+        "--authorized-keys",
+        metavar="DIR",
+        help="directory of the clients' public *.key files; nobody else gets in or out",
+    )
     p.set_defaults(func=run)
+    _register_keys(subparsers)
+
+
+def _register_keys(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "keys",
+        help="create CURVE keys for an encrypted, authenticated bus",
+        description=KEYS_HELP,
+        epilog=KEYS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="keys_command", metavar="ACTION")
+    g = sub.add_parser(
+        "generate",
+        help="create key pairs in DIR",
+        description=KEYS_HELP,
+        epilog=KEYS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g.add_argument("dir", metavar="DIR", help="where to write the key files (created 0700)")
+    g.add_argument("--name", help="create only the pair NAME.key / NAME.key_secret")
+    g.add_argument(
+        "--authorize",
+        action="store_true",
+        help="with --name: also copy NAME.key into DIR/authorized/",
+    )
+    g.add_argument("--force", action="store_true", help="replace existing key files")
+    g.set_defaults(func=run_keys_generate)
+
+    def need_action(_args: argparse.Namespace) -> int:
+        from rose.cli import UsageError
+
+        p.print_help(sys.stderr)
+        raise UsageError("which action? `rose keys generate DIR`")
+
+    p.set_defaults(func=need_action)
+
+
+def run_keys_generate(args: argparse.Namespace) -> int:
+    """``rose keys generate DIR``: key pairs with 0600 secret files."""
+    from bus.security import AUTHORIZED_DIR, CurveError, authorize, generate_keypair
+    from rose.cli import UsageError
+
+    out = Path(args.dir).expanduser()
+    try:
+        if args.name:
+            public, secret = generate_keypair(out, args.name, force=args.force)
+            made = [public, secret]
+            if args.authorize:
+                made.append(authorize(public, out / AUTHORIZED_DIR))
+        else:
+            if args.authorize:
+                raise UsageError("--authorize goes with --name (the default client is authorized)")
+            made = [*generate_keypair(out, "broker", force=args.force)]
+            client_public, client_secret = generate_keypair(out, "client", force=args.force)
+            made += [client_public, client_secret, authorize(client_public, out / AUTHORIZED_DIR)]
+    except CurveError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot write keys into {out}: {exc.strerror or exc}") from None
+    for path in made:
+        print(path)
+    if not args.name:
+        print(
+            f"\nbroker:  rose bus --curve-secret-key {out / 'broker.key_secret'} "
+            f"--authorized-keys {out / AUTHORIZED_DIR} ...\n"
+            f"clients: --client-key {out / 'client.key_secret'} (sinks), "
+            f"BusTracker(..., client_key=...) or ROSE_CLIENT_KEY (learners); "
+            "the broker's public key is in its bus.json",
+            file=sys.stderr,
+        )
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,15 +204,22 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name} {ep!r} is not an endpoint (like tcp://127.0.0.1:5555)")
     if args.hwm < 1 or args.max_event_bytes < 1 or args.fsync_interval < 0:
         raise UsageError("--hwm and --max-event-bytes must be positive, --fsync-interval >= 0")
-    broker = Broker(
-        args.store,
-        args.frontend,
-        args.backend,
-        args.replay,
-        hwm=args.hwm,
-        max_event_bytes=args.max_event_bytes,
-        fsync_interval_s=args.fsync_interval,
-    )
+    from bus.security import CurveError
+
+    try:
+        broker = Broker(
+            args.store,
+            args.frontend,
+            args.backend,
+            args.replay,
+            hwm=args.hwm,
+            max_event_bytes=args.max_event_bytes,
+            fsync_interval_s=args.fsync_interval,
+            curve_secret_key=args.curve_secret_key,
+            authorized_keys=args.authorized_keys,
+        )
+    except CurveError as exc:
+        raise UsageError(str(exc)) from None
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("received signal %d: stopping", signum)
@@ -108,7 +232,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"rose bus: learners -> {e['frontend']}  sinks -> {e['backend']}  "
             f"requests -> {e['replay']}  store {args.store} (id {b.store_id}); "
-            f"bus file {b.bus_file}",
+            f"bus file {b.bus_file}"
+            + ("" if b.curve is None else f"; CURVE on ({len(b.authorizer.keys)} client key(s))"),
             file=sys.stderr,
             flush=True,
         )

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import msgpack
 import zmq
 
+from bus.security import ClientCurve, client_curve
 from bus.wire import WireError, parse_header
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,11 @@ class BusClient:
 
     Every request waits at most ``timeout_ms`` and raises BusError when the
     broker does not answer.  Not thread-safe: one client per thread.
+
+    For a broker with CURVE, give ``server_key`` (its public key: a key file
+    or 40 z85 characters; ``from_file`` reads it from bus.json) and
+    ``client_key`` (this client's ``NAME.key_secret``), or set
+    $ROSE_SERVER_KEY / $ROSE_CLIENT_KEY; key mistakes raise ValueError here.
     """
 
     def __init__(
@@ -91,10 +97,14 @@ class BusClient:
         *,
         timeout_ms: int = DEFAULT_TIMEOUT_MS,
         context: zmq.Context | None = None,
+        server_key: str | os.PathLike[str] | bytes | None = None,
+        client_key: str | os.PathLike[str] | None = None,
+        bus_info: dict[str, Any] | None = None,
     ) -> None:
         self.backend = backend
         self.replay = replay
         self.timeout_ms = timeout_ms
+        self.curve: ClientCurve | None = client_curve(server_key, client_key, bus_info=bus_info)
         self._ctx = context or zmq.Context.instance()
         self._req: zmq.Socket | None = None
         self._ids = itertools.count(1)
@@ -104,7 +114,7 @@ class BusClient:
     @classmethod
     def from_file(cls, bus_json_path: str | os.PathLike[str], **kwargs: Any) -> BusClient:
         info = read_bus_file(bus_json_path)
-        return cls(info["backend"], info["replay"], **kwargs)
+        return cls(info["backend"], info["replay"], bus_info=info, **kwargs)
 
     # ------------------------------------------------------------ requests
 
@@ -116,6 +126,8 @@ class BusClient:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RECONNECT_IVL, 50)
             sock.setsockopt(zmq.MAXMSGSIZE, 64 * 1024 * 1024)
+            if self.curve is not None:
+                self.curve.apply(sock)
             sock.connect(self.replay)
             self._req = sock
         return self._req
@@ -147,9 +159,14 @@ class BusClient:
                 raise BusError(f"broker refused {op!r}: {reply.get('error')}")
             return reply
         self._reset()  # drop queued requests so a returning broker does not answer stale ones
+        hint = (
+            "is `rose bus` running there, and is this client's public key in its "
+            "--authorized-keys directory?"
+            if self.curve is not None
+            else "is `rose bus` running there?"
+        )
         raise BusError(
-            f"broker at {self.replay} did not answer {op!r} within {self.timeout_ms} ms "
-            "(is `rose bus` running there?)"
+            f"broker at {self.replay} did not answer {op!r} within {self.timeout_ms} ms ({hint})"
         )
 
     def store_id(self) -> str:
@@ -201,6 +218,8 @@ class BusClient:
         sub.setsockopt(zmq.RCVHWM, SUB_HWM)
         sub.setsockopt(zmq.RECONNECT_IVL, 50)
         sub.setsockopt(zmq.MAXMSGSIZE, 64 * 1024 * 1024)
+        if self.curve is not None:
+            self.curve.apply(sub)
         sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
         sub.connect(self.backend)
         self._subs.append(sub)

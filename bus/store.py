@@ -12,7 +12,10 @@ A record is ``u32 body length | u32 crc32(body) | body`` with
 index from the segments alone.  Appends reach the OS (``os.write``) before the
 broker forwards them, so a ``kill -9`` loses nothing a sink has seen; fsync is
 batched, so a power loss may drop the unsynced tail.  A torn or corrupt tail is
-cut off at start.  The store id changes only when the store is recreated, so a
+cut off at start.  A write that fails (disk full, quota, file size limit) is
+undone (the file is cut back to its last whole record) and its records stay
+buffered: ``write`` raises, readers see only ``durable_offset``, and the next
+``write`` retries, so nothing is lost or torn while the disk is full.  The store id changes only when the store is recreated, so a
 sink that remembers it notices a replaced store.
 """
 
@@ -140,8 +143,11 @@ class EventStore:
         self._wfd: int | None = None
         self._lock_fd: int | None = None
         self._buf: list[bytes] = []
-        self._buf_positions: list[int] = []
         self._dirty = False
+        #: Offsets below this are on disk (handed to the OS); above it, only buffered.
+        self.durable_offset = 0
+        self._written = 0  # bytes of the current segment file that hold whole records
+        self._write_failed = False
         self._last_sync = time.monotonic()
         self.store_id = ""
         self._prefixes: dict[tuple[str, str], bytes] = {}
@@ -225,8 +231,10 @@ class EventStore:
                 seg.size = good
                 self._quarantine(paths[i + 1 :], "after a corrupt segment")
                 break
+        self.durable_offset = self.next_offset
         if self._segments and self._segments[-1].size < self.segment_bytes:
             self._wfd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
+            self._written = self._segments[-1].size
         else:
             self._roll()
 
@@ -270,11 +278,17 @@ class EventStore:
         self._firsts.append(seg.first)
 
     def _roll(self) -> None:
-        if self._wfd is not None:
-            os.fsync(self._wfd)
-            os.close(self._wfd)
         path = self.dir / "segments" / f"{self.next_offset:020d}.seg"
-        self._wfd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # The new file first: if it cannot be made, records keep going to the old one.
+        wfd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if self._wfd is not None:
+            try:
+                os.fsync(self._wfd)
+            except OSError as exc:
+                log.warning("store %s: fsync of a full segment failed: %s", self.dir, exc)
+            os.close(self._wfd)
+        self._wfd = wfd
+        self._written = 0
         _fsync_dir(path.parent)
         self._add_segment(_Segment(self.next_offset, path))
 
@@ -315,21 +329,50 @@ class EventStore:
         self._index(run, seq, offset)
         self.next_offset += 1
         if seg.size >= self.segment_bytes:
-            self.write()
-            self._roll()
+            try:
+                self.write()
+                self._roll()
+            except OSError as exc:  # the caller's next write() reports it
+                log.debug("store %s: cannot roll the segment yet: %s", self.dir, exc)
         return offset, header
 
     def write(self) -> None:
-        """Hand every buffered record to the OS."""
+        """Hand every buffered record to the OS, all or nothing.
+
+        On failure (OSError: disk full, quota, EFBIG, EIO) the partial write is
+        cut off again, the records stay buffered and the error propagates;
+        call ``write`` again later to retry.
+        """
         if not self._buf or self._wfd is None:
             return
-        data = b"".join(self._buf)
-        self._buf.clear()
+        data = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
+        self._buf = [data]
+        fd = self._wfd
+        if self._write_failed and os.fstat(fd).st_size != self._written:
+            os.ftruncate(fd, self._written)  # a torn attempt that could not be undone then
         view = memoryview(data)
-        while view:
-            n = os.write(self._wfd, view)
-            view = view[n:]
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(fd, view[done:])
+        except OSError:
+            self._write_failed = True
+            if done:
+                try:
+                    os.ftruncate(fd, self._written)
+                except OSError as exc:
+                    log.debug("store %s: cannot cut a failed write back yet: %s", self.dir, exc)
+            raise
+        self._buf.clear()
+        self._written += len(data)
+        self.durable_offset = self.next_offset
+        self._write_failed = False
         self._dirty = True
+
+    @property
+    def buffered(self) -> int:
+        """Events indexed but not yet on disk (non-zero while writes fail)."""
+        return self.next_offset - self.durable_offset
 
     def maybe_sync(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -344,11 +387,19 @@ class EventStore:
         self._last_sync = time.monotonic() if now is None else now
 
     def close(self) -> None:
+        """Write and fsync what is buffered, then release the files and the lock.
+
+        Raises OSError when buffered records could not be written (they are
+        lost from the store; publishers re-send their recent events to the next
+        broker, which stores what is missing).
+        """
         try:
             if self._wfd is not None:
-                self.sync()
-                os.close(self._wfd)
-                self._wfd = None
+                try:
+                    self.sync()
+                finally:
+                    os.close(self._wfd)
+                    self._wfd = None
         finally:
             for seg in self._segments:
                 seg.close()
@@ -359,16 +410,19 @@ class EventStore:
     # ------------------------------------------------------------ reading
 
     def read(self, from_offset: int, limit: int, max_bytes: int = 8 * 1024 * 1024) -> list[Record]:
-        """Records with offset >= from_offset in offset order (at least one if any)."""
-        self.write()
+        """Records on disk with offset >= from_offset, in offset order (at least one if any)."""
+        try:
+            self.write()
+        except OSError as exc:  # serve what is on disk; the writer reports the failure
+            log.debug("store %s: read before a failed write: %s", self.dir, exc)
         out: list[Record] = []
         offset = max(0, from_offset)
         total = 0
-        while offset < self.next_offset and len(out) < limit and total < max_bytes:
+        while offset < self.durable_offset and len(out) < limit and total < max_bytes:
             i = bisect.bisect_right(self._firsts, offset) - 1
             seg = self._segments[i]
             k = offset - seg.first
-            n = min(limit - len(out), len(seg.positions) - k)
+            n = min(limit - len(out), len(seg.positions) - k, self.durable_offset - offset)
             if n <= 0:
                 break
             start = seg.positions[k]
@@ -395,7 +449,12 @@ class EventStore:
         idx = self.runs.get(run)
         if idx is None:
             return []
-        pairs = sorted((s, o) for s, o in zip(idx.seqs, idx.offsets, strict=True) if s >= from_seq)
+        durable = self.durable_offset
+        pairs = sorted(
+            (s, o)
+            for s, o in zip(idx.seqs, idx.offsets, strict=True)
+            if s >= from_seq and o < durable
+        )
         return [o for _s, o in pairs]
 
     def run_summaries(self) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ import msgpack
 import zmq
 
 from bus.client import read_bus_file
+from bus.security import client_curve
 from bus.wire import header_prefix, topic_for
 from rose.eventlog import EventLogWriter
 from rose.events import EventTracker, decode, encode, iteration_event, to_json_line
@@ -224,6 +225,12 @@ class BusTracker(EventTracker):
 
     ``endpoint`` is the broker's frontend (``tcp://login:5555``); or pass
     ``bus=<store>/bus.json``; or set ROSE_BUS to either.
+
+    CURVE (a broker started with ``--curve-secret-key``): ``server_key`` is the
+    broker's public key (a key file or 40 z85 characters; read from bus.json
+    when ``bus=`` is given, or from $ROSE_SERVER_KEY) and ``client_key`` this
+    learner's ``NAME.key_secret`` file (or $ROSE_CLIENT_KEY), whose public half
+    must be in the broker's authorized keys.  Key mistakes raise ValueError here.
     """
 
     def __init__(
@@ -242,6 +249,8 @@ class BusTracker(EventTracker):
         drain_budget_us: int = DEFAULT_DRAIN_BUDGET_US,
         spool_sync_interval_s: float = DEFAULT_SPOOL_SYNC_INTERVAL_S,
         context: zmq.Context | None = None,
+        server_key: str | os.PathLike[str] | bytes | None = None,
+        client_key: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
         if endpoint is not None and bus is not None:
@@ -257,9 +266,12 @@ class BusTracker(EventTracker):
                 endpoint = env
             else:
                 bus = env
+        info = None
         if bus is not None:
-            endpoint = read_bus_file(bus)["frontend"]
+            info = read_bus_file(bus)
+            endpoint = info["frontend"]
         assert endpoint is not None
+        curve = client_curve(server_key, client_key, bus_info=info)
         for name, value in (
             ("retain", retain),
             ("max_pending", max_pending),
@@ -304,6 +316,9 @@ class BusTracker(EventTracker):
         sock.setsockopt(zmq.LINGER, flush_timeout_ms)
         sock.setsockopt(zmq.RECONNECT_IVL, reconnect_ivl_ms)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, max(reconnect_ivl_ms, 1000))
+        sock.setsockopt(zmq.MAXMSGSIZE, 4096)  # the broker only sends subscriptions
+        if curve is not None:
+            curve.apply(sock)
         try:
             sock.connect(endpoint)
         except zmq.ZMQError as exc:

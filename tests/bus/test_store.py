@@ -64,3 +64,45 @@ def test_one_broker_per_store(tmp_path):
         EventStore(tmp_path)
     store.close()
     EventStore(tmp_path).close()
+
+
+def test_a_failed_write_is_undone_and_retried(tmp_path, monkeypatch):
+    """Disk full mid-write: nothing torn on disk, nothing readable that is not there, retry."""
+    import errno
+    import os
+
+    import bus.store
+
+    store = EventStore(tmp_path)
+    _fill(store, "r", 5)
+    real_write = os.write
+    calls = {"n": 0}
+
+    def full_disk(fd, data):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real_write(fd, bytes(data[:7]))  # a short write, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bus.store.os, "write", full_disk)
+    for seq in range(5, 10):
+        assert store.add("r", seq, "iteration", b"q" * 50) is not None
+    with pytest.raises(OSError):
+        store.write()
+    (seg,) = (tmp_path / "segments").glob("*.seg")
+    size = seg.stat().st_size
+    assert store.buffered == 5 and store.durable_offset == 5
+    assert [r.seq for r in store.read(0, 100)] == list(range(5))  # only what is on disk
+    assert store.run_offsets("r") == list(range(5))
+    assert store.add("r", 7, "iteration", b"") is None  # still deduplicated meanwhile
+    with pytest.raises(OSError):
+        store.write()
+    assert seg.stat().st_size == size
+    monkeypatch.setattr(bus.store.os, "write", real_write)
+    store.write()
+    assert store.buffered == 0
+    assert [r.seq for r in store.read(0, 100)] == list(range(10))
+    store.close()
+    store = EventStore(tmp_path)  # and the file is whole
+    assert store.next_offset == 10
+    store.close()
