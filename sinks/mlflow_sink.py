@@ -79,7 +79,9 @@ def build_sink(args: Any) -> MLflowSink:
         )
     for name, value in HTTP_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    return MLflowSink(tracking_uri=uri, experiment=getattr(args, "experiment", None))
+    sink = MLflowSink(tracking_uri=uri, experiment=getattr(args, "experiment", None))
+    sink.prepare()
+    return sink
 
 
 def default_state_dir(args: Any) -> Path:
@@ -109,6 +111,25 @@ class MLflowSink(Sink):
         self.experiment = experiment or DEFAULT_EXPERIMENT
         self._client: Any = None
         self._exp_id: str | None = None
+
+    def prepare(self) -> bool:
+        """Reach the tracking store and the experiment now, so the first run needs no setup.
+
+        A store that cannot be reached yet is only logged (each run's open is
+        retried by the runtime); a deleted experiment raises ValueError.
+        """
+        try:
+            self._experiment_id()
+            return True
+        except ValueError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "MLflow at %s not ready yet (%s); runs will be retried",
+                redact(self.tracking_uri),
+                _describe(exc),
+            )
+            return False
 
     def _experiment_id(self) -> str:
         if self._exp_id is None:

@@ -42,3 +42,24 @@ def test_run_me_tracker_logs_the_branin_run(tmp_path):
     assert run["tags"]["stop_reason"] == "max_iter_reached"
     assert run["status"] == "FINISHED"
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_run_me_bus_gives_the_same_mlflow_run_through_broker_and_sink(tmp_path):
+    tracked, bused = tmp_path / "tracker", tmp_path / "bus"
+    tracked.mkdir()
+    bused.mkdir()
+    run_example("run_me_tracker.py", tracked, "--max-iter", "3")
+    out = run_example("run_me_bus.py", bused, "--max-iter", "3")
+    assert "rose.run_id=branin-gp-" in out
+    (a,) = mlflow_content(sqlite_uri(tracked / "mlflow.db"), "surrogate-v1").values()
+    (b,) = mlflow_content(sqlite_uri(bused / "mlflow.db"), "surrogate-v1").values()
+    # Same problem, same seed: the same params, metric keys, steps and values.
+    assert a["params"] == b["params"]
+    assert a["metrics"].keys() == b["metrics"].keys()
+    for key in a["metrics"]:
+        assert [(m[0], m[2]) for m in a["metrics"][key]] == [
+            (m[0], m[2]) for m in b["metrics"][key]
+        ]
+    assert (a["status"], a["tags"]["stop_reason"]) == (b["status"], b["tags"]["stop_reason"])
+    sink_log = (bused / "runs-bus" / "sink.log").read_text()
+    assert "Traceback" not in sink_log

@@ -174,6 +174,35 @@ def test_kill_9_mid_run_and_restart(tmp_path, broker, mlflow_sink):
     assert_exactly_once(uri, "k9", runs)
 
 
+def test_store_failures_are_retried_without_loss_or_duplicates(tmp_path):
+    """Calls that fail, and calls that land but whose reply is lost, in one backlog."""
+    from sinks.runtime import RuntimeConfig
+
+    uri = sqlite_uri(tmp_path / "m.db")
+    runs = {f"f{i}": run_events(f"f{i}", 120) for i in range(3)}
+    sink = MLflowSink(uri, "flaky")
+    assert sink.prepare()
+    real = sink._client.log_batch
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] % 3 == 1:
+            raise ConnectionError("tracking store unreachable")
+        real(*args, **kwargs)
+        if calls["n"] % 3 == 2:
+            raise ConnectionError("reply lost after the write")
+
+    sink._client.log_batch = flaky
+    config = RuntimeConfig(max_batch=25, retry_initial_ms=1, retry_max_ms=5)
+    counters = SinkRuntime(sink, ListSource(interleave(*runs.values())), config=config).run()
+    assert counters.failed == 0 and counters.gaps == 0 and counters.retries >= 20
+    assert counters.applied == sum(len(e) for e in runs.values())
+    assert_exactly_once(uri, "flaky", runs)
+    assert positions(uri, "flaky") == {r: str(len(e)) for r, e in runs.items()}
+
+
+@pytest.mark.slow  # two mlflow server start-ups
 def test_tracking_server_outage_loses_and_duplicates_nothing(
     tmp_path, broker, mlflow_sink, mlflow_server
 ):
