@@ -15,13 +15,16 @@ from rose.history import RunHistory
 
 
 def _label(h: RunHistory, lid: object, many_runs: bool) -> str:
-    parts = []
-    if many_runs:
-        parts.append(h.run[:24])
-    if lid is not None:
-        parts.append(f"learner {lid}")
-    text = " · ".join(parts) or h.run[:24]
-    return f"{text} ({h.reason or 'running'})" if lid is None or not many_runs else text
+    """Learner (and run, when several are drawn); the stop reason stands in the title."""
+    learner = None if lid is None else f"learner {lid}"
+    if not many_runs:
+        return learner or h.run[:24]
+    run = f"{h.run[:24]} ({h.reason or 'running'})"
+    return f"{run} · {learner}" if learner else run
+
+
+def _by_id(learners: dict) -> list:
+    return sorted(learners.items(), key=lambda kv: (kv[0] is not None, str(kv[0])))
 
 
 def _log_scale_helps(values: list[float]) -> bool:
@@ -52,7 +55,7 @@ def plot(
     for ax, panel in zip(axes[:, 0], panels, strict=True):
         values: list[float] = []
         for h in runs.values():
-            for lid, series in h.learners.items():
+            for lid, series in _by_id(h.learners):
                 ys = series.metric if panel == "__metric__" else series.keys.get(panel)
                 if not ys or all(y is None for y in ys):
                     continue
