@@ -78,8 +78,10 @@ examples:
   rose tail --bus ~/rose-store/bus.json --last 20 --run myexp
   rose tail --bus ~/rose-store/bus.json --count 100 --duration 60
 
-Each line: time, run, kind, iteration, metric, the run's events/s and the
-lag between the learner emitting the event and this line.
+On a terminal it shows a live board (one row per run and learner, plus the
+local sinks' progress), refreshed in place; piped, or with --lines, one line
+per event: time, run, kind, iteration, metric, the run's events/s and the lag
+between the learner emitting the event and this line.
 """
 
 
@@ -755,6 +757,11 @@ def _register_tail(subparsers: Any) -> None:
     p.add_argument("--from-start", action="store_true", help="show every stored event first")
     p.add_argument("--count", type=int, metavar="N", help="exit after N events")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="exit after this long")
+    p.add_argument("--lines", action="store_true",
+                   help="one line per event even on a terminal (the default when piped)")
+    p.add_argument("--state", action="append", metavar="DIR",
+                   help="a sink's state directory to show in the live view (repeatable; "
+                   "default: the sinks found under .rose-sink/)")
     p.set_defaults(func=run_tail)
 
 
@@ -810,6 +817,15 @@ def run_tail(args: argparse.Namespace) -> int:
     deadline = None if args.duration is None else time.monotonic() + args.duration
     rates = _Rates()
     shown = 0
+    board = live = None
+    if sys.stdout.isatty() and not args.lines:
+        from rich.live import Live
+
+        from sinks.tail_view import TailBoard
+
+        board = TailBoard(_sink_state_dirs(args.state))
+        live = Live(board.render(), refresh_per_second=4)
+        live.__enter__()
     try:
         try:
             head = int(source.client.request("hello")["next_offset"])
@@ -821,6 +837,8 @@ def run_tail(args: argparse.Namespace) -> int:
             if stopping["flag"] or (deadline is not None and time.monotonic() > deadline):
                 break
             if ev is None:
+                if live is not None:
+                    live.update(board.render())
                 continue
             try:
                 event = decode(ev.payload)
@@ -828,12 +846,19 @@ def run_tail(args: argparse.Namespace) -> int:
                 log.debug("skipping an undecodable event at offset %s: %s", ev.offset, exc)
                 continue
             now = time.time()
-            print(format_tail_line(event, rates.add(event["run"], now), now), flush=True)
+            rate = rates.add(event["run"], now)
+            if live is not None:
+                board.apply(event, rate, now)
+                live.update(board.render())
+            else:
+                print(format_tail_line(event, rate, now), flush=True)
             shown += 1
             if args.count is not None and shown >= args.count:
                 break
     except BrokenPipeError:  # `rose tail | head`
         sys.stderr.close()
     finally:
+        if live is not None:
+            live.__exit__(None, None, None)
         source.close()
     return 0

@@ -1,0 +1,90 @@
+"""The live board of `rose tail` on a terminal: one row per run and learner, refreshed in place.
+
+Rows show where each learner is (iteration, criterion metric, stop reason), how
+fast its run's events arrive and how late they reach us; a second table shows
+each local sink's progress and lag from its status file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+MAX_ROWS = 40  # most recently active rows shown; the board itself keeps at most 10x that
+
+
+class TailBoard:
+    def __init__(self, sink_states: list[Path]) -> None:
+        self.rows: dict[tuple[str, Any], dict[str, Any]] = {}
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.sink_states = sink_states
+
+    def apply(self, event: dict[str, Any], rate: float, now: float) -> None:
+        run, body, kind = event["run"], event["body"], event["kind"]
+        info = self.runs.setdefault(run, {"learner_type": "?", "reason": None})
+        info.update(rate=rate, lag_ms=max(0.0, (now - event["ts"]) * 1000.0), seen=now)
+        if kind == "start":
+            info["learner_type"] = body.get("learner_type", "?")
+            return
+        if kind == "stop":
+            info["reason"] = body.get("reason")
+            return
+        key = (run, body.get("learner_id"))
+        self.rows[key] = {
+            "iteration": body.get("iteration"),
+            "metric_name": body.get("metric_name"),
+            "metric_value": body.get("metric_value"),
+            "should_stop": body.get("should_stop"),
+            "seen": now,
+        }
+        if len(self.rows) > 10 * MAX_ROWS:  # bounded: drop the stalest rows
+            for stale in sorted(self.rows, key=lambda k: self.rows[k]["seen"])[:MAX_ROWS]:
+                del self.rows[stale]
+
+    def render(self) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+
+        table = Table(title=f"live runs ({time.strftime('%H:%M:%S')})", min_width=80)
+        names = {row["metric_name"] for row in self.rows.values() if row["metric_name"]}
+        table.add_column("run", no_wrap=True, max_width=46)
+        for col in ("learner", "iteration", " / ".join(sorted(names)) or "metric"):
+            table.add_column(col, justify="right")
+        table.add_column("state")
+        for col in ("events/s", "lag"):
+            table.add_column(col, justify="right")
+        shown = sorted(self.rows.items(), key=lambda kv: kv[1]["seen"], reverse=True)[:MAX_ROWS]
+        for (run, lid), row in sorted(shown, key=lambda kv: (kv[0][0], str(kv[0][1]))):
+            info = self.runs.get(run, {})
+            value = row["metric_value"]
+            metric = "" if value is None else f"{value:.6g}"
+            state = info.get("reason") or ("criterion met" if row["should_stop"] else "running")
+            table.add_row(run[-40:], "" if lid is None else str(lid), str(row["iteration"]), metric,
+                          state, f"{info.get('rate', 0):.1f}", f"{info.get('lag_ms', 0):.0f} ms")
+        if not shown:
+            table.add_row("(waiting for events…)", "", "", "", "", "", "")
+        parts: list[Any] = [table]
+        sinks = self._sinks_table()
+        if sinks is not None:
+            parts.append(sinks)
+        return Group(*parts)
+
+    def _sinks_table(self) -> Any:
+        from rich.table import Table
+
+        if not self.sink_states:
+            return None
+        table = Table(title="sinks", min_width=80)
+        for col in ("sink", "state dir", "applied", "lag (events)", "retrying"):
+            table.add_column(col, justify="right" if col in ("applied", "lag (events)") else "left")
+        for state in self.sink_states:
+            try:
+                st = json.loads((state / "status.json").read_text())
+            except (OSError, ValueError):
+                table.add_row("?", str(state), "", "", "no status yet")
+                continue
+            table.add_row(str(st.get("sink", "?")), str(state), str(st["counters"]["applied"]),
+                          str(st.get("lag", "")), ", ".join(st.get("retrying", [])[:3]))
+        return table
