@@ -18,9 +18,27 @@ def _sync_training(*args, **kwargs):
     return {"train_pid": os.getpid(), "n_deps": len(args)}
 
 
-async def test_parallel_learner_on_local_cluster(tmp_path, monkeypatch):
+async def test_parallel_learner_on_local_cluster_tracked_through_the_bus(tmp_path, monkeypatch):
+    from bus.broker import BrokerThread
+    from bus.client import BusClient
+
     monkeypatch.setenv("ROSE_SESSION_DIR", str(tmp_path / "sessions"))
     monkeypatch.chdir(tmp_path)
+    with BrokerThread(tmp_path / "store") as broker, BusClient(broker.backend, broker.replay) as client:
+        trackers = await _run_two_jobs(broker.frontend)
+        for tracker in trackers:
+            tracker.close()
+        stored = {r["run"]: r["count"] for r in client.runs()}
+    # every event of both runs reached the broker's store: start, 6 iterations, stop
+    assert sorted(stored.values()) == [8, 8] and len(stored) == 2
+    assert not list(tmp_path.glob("asyncflow.session.*"))  # nothing in the working directory
+    assert list((tmp_path / "sessions").glob("asyncflow.session.*"))
+
+
+async def _run_two_jobs(frontend: str) -> list:
+    from bus import BusTracker
+
+    trackers = []
     async with engine("dask", workers=2) as eng:
         learners = [ParallelActiveLearner(eng), ParallelActiveLearner(eng)]
         recorders = []
@@ -39,6 +57,8 @@ async def test_parallel_learner_on_local_cluster(tmp_path, monkeypatch):
             rec = Recorder()
             learner.add_tracker(rec)
             recorders.append(rec)
+            trackers.append(BusTracker(frontend))
+            learner.add_tracker(trackers[-1])
 
         # two learner "jobs" on one scheduler at once: results must not cross over
         import asyncio
@@ -55,8 +75,7 @@ async def test_parallel_learner_on_local_cluster(tmp_path, monkeypatch):
         assert os.getpid() not in pids  # tasks ran in worker processes
         assert all(s.n_deps == 1 for s in states)
         assert recorders[n].stop_reason == "max_iter_reached"
-    assert not list(tmp_path.glob("asyncflow.session.*"))  # nothing in the working directory
-    assert list((tmp_path / "sessions").glob("asyncflow.session.*"))
+    return trackers
 
 
 JOB = """
