@@ -307,7 +307,7 @@ def _register_replay(subparsers: Any) -> None:
         "0 = one per CPU [%(default)s]",
     )
     _add_runtime_options(p, replay=True)
-    owners: dict[str, tuple[str, Any]] = {}
+    owners: dict[str, tuple[set[str], Any]] = {}
     for name, module in kinds.items():
         g = p.add_argument_group(f"--into {name} options")
         _add_kind_arguments(module, _SharedGroup(g, name, owners))
@@ -317,7 +317,7 @@ def _register_replay(subparsers: Any) -> None:
 class _SharedGroup:
     """An argument group that skips options another kind already added (same meaning)."""
 
-    def __init__(self, group: Any, kind: str, owners: dict[str, tuple[str, Any]]) -> None:
+    def __init__(self, group: Any, kind: str, owners: dict[str, tuple[set[str], Any]]) -> None:
         self.group = group
         self.kind = kind
         self.owners = owners
@@ -325,9 +325,13 @@ class _SharedGroup:
     def add_argument(self, *flags: str, **kw: Any) -> Any:
         try:
             action = self.group.add_argument(*flags, **kw)
-        except argparse.ArgumentError:
+        except argparse.ArgumentError:  # another kind has it: this kind owns it too
+            long = next((f for f in flags if f.startswith("--")), flags[0])
+            dest = kw.get("dest") or long.lstrip("-").replace("-", "_")
+            if dest in self.owners:
+                self.owners[dest][0].add(self.kind)
             return None
-        self.owners.setdefault(action.dest, (self.kind, action.default))
+        self.owners.setdefault(action.dest, (set(), action.default))[0].add(self.kind)
         return action
 
 
@@ -477,8 +481,8 @@ def _replay_into(
     assert module is not None
     foreign = [
         "--" + dest.replace("_", "-")
-        for dest, (kind, default) in args._kind_dests.items()
-        if kind != args.into and getattr(args, dest, default) != default
+        for dest, (kinds, default) in args._kind_dests.items()
+        if args.into not in kinds and getattr(args, dest, default) != default
     ]
     if foreign:
         verb = "does" if len(foreign) == 1 else "do"

@@ -191,6 +191,10 @@ def test_replay_reports_bad_lines_and_gaps(tmp_path, capsys):
             ["replay", "{log}", "--into", "tracker", "--tracker", "x:Y", "--out", "o"],
             "--out does not apply",
         ),
+        (["replay", "{log}", "--into", "file", "--out", "o", "--learner-names", "A"],
+         "--learner-names does not apply to --into file"),
+        # an option two kinds share (clearml and slack) belongs to both
+        (["replay", "{log}", "--into", "slack", "--learner-names", "A,B"], "no Slack webhook"),
         (["replay", "{log}", "--publish", "nonsense"], "no bus file"),
         (["replay", "{log}", "--publish", "tcp://nohost"], "bad --publish endpoint"),
         (
