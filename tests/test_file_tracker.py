@@ -155,3 +155,11 @@ def test_preempted_job_keeps_every_completed_iteration(tmp_path):
     events = list(read_events(log, strict=True))
     assert [e["kind"] for e in events] == ["start"] + ["iteration"] * 5
     assert [e["body"]["state"]["fit"] for e in events[1:]] == [1, 2, 3, 4, 5]
+
+
+def test_a_path_ending_in_slash_is_a_directory_even_before_it_exists(tmp_path):
+    t = FileTracker(f"{tmp_path}/runs/")
+    t.on_start(PipelineManifest(learner_type="Mine"))
+    t.on_stop(None, "stopped")
+    (log,) = (tmp_path / "runs").iterdir()
+    assert log.suffix == ".jsonl" and log == t.path

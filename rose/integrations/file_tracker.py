@@ -24,15 +24,17 @@ from rose.tracking import TrackerBase
 class FileTracker(EventTracker):
     """Append every event of a run to ``path``.
 
-    ``path`` is a file, or an existing directory, in which case the log is
-    ``<dir>/<run id>.jsonl``, the same name the file sink uses.
+    ``path`` is a file, or a directory (an existing one, or any path ending in
+    ``/``), in which case the log is ``<dir>/<run id>.jsonl``, the name the
+    file sink uses too.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__()
-        self._target = Path(path)
+        self._target = Path(path).expanduser()
+        is_dir = self._target.is_dir() or str(path).endswith(("/", os.sep))
         self._writer: EventLogWriter | None = None
-        self.path: Path | None = None if self._target.is_dir() else self._target
+        self.path: Path | None = None if is_dir else self._target
 
     def emit(self, event: dict[str, Any]) -> None:
         if self._writer is None:
