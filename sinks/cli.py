@@ -113,10 +113,12 @@ def _bus_source(args: argparse.Namespace, *, idle_ms: int = 200) -> Any:
 
     if args.bus and (args.backend or args.replay):
         raise UsageError("give either --bus FILE or --backend/--replay, not both")
+    _default_bus(args)  # $ROSE_BUS, then ./rose-store/bus.json, as rose status and tail do
     if not args.bus:
         if not (args.backend and args.replay):
             raise UsageError(
-                "where is the broker? give --bus STORE/bus.json, or --backend EP and --replay EP"
+                "where is the broker? give --bus STORE/bus.json (or set ROSE_BUS), or "
+                "--backend EP and --replay EP; none given and no ./rose-store/bus.json here"
             )
         check_endpoint(args.backend, "--backend endpoint")
         check_endpoint(args.replay, "--replay endpoint")
