@@ -51,6 +51,14 @@ MAX_EVENT_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 32
 #: Repr strings are cut to this many characters.
 MAX_REPR_CHARS = 4096
+#: Decoders reject events nested deeper than this (encoders stay below MAX_DEPTH + 8),
+#: so nothing downstream can hit the recursion limit on hostile input.
+MAX_DECODE_DEPTH = 64
+#: Decoders reject events of more values than this (containers, keys and scalars):
+#: memory for one decoded event stays in the tens of MB, whatever its bytes say.
+MAX_DECODE_ITEMS = 1_000_000
+#: Inputs up to this size with too few containers to nest deeply skip the bounds scan.
+_SCAN_FROM_BYTES = 64 * 1024
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -420,6 +428,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
     if code == _EXT_REPR:
         return Repr(data.decode("utf-8", errors="replace"))
     if code == _EXT_NDARRAY:
+        _scan_msgpack(data, max_items=64, max_depth=2)  # [dtype, [dims], data]
         try:
             parts = msgpack.unpackb(data, raw=False)
         except Exception as exc:
@@ -436,10 +445,85 @@ def pack(value: Any) -> bytes:
     return msgpack.packb(value, default=_ext_default, use_bin_type=True, strict_types=True)
 
 
+# msgpack type bytes -> how the bounds scan steps over them (see _scan_msgpack):
+# 0 fixed size (_ARG = bytes), 1 fixmap, 2 fixarray, 4 str/bin and 5 ext with an
+# _ARG-byte length, 6 array and 7 map with an _ARG-byte count, 9 invalid.
+_KIND = bytearray(256)
+_ARG = bytearray([1] * 256)
+for _b in range(0x80, 0xC0):
+    _KIND[_b], _ARG[_b] = (
+        (1, _b & 0x0F) if _b < 0x90 else (2, _b & 0x0F) if _b < 0xA0 else (0, 1 + (_b & 0x1F))
+    )
+for _b, (_k, _a) in {
+    0xC1: (9, 0), 0xC4: (4, 1), 0xC5: (4, 2), 0xC6: (4, 4), 0xC7: (5, 1), 0xC8: (5, 2),
+    0xC9: (5, 4), 0xCA: (0, 5), 0xCB: (0, 9), 0xCC: (0, 2), 0xCD: (0, 3), 0xCE: (0, 5),
+    0xCF: (0, 9), 0xD0: (0, 2), 0xD1: (0, 3), 0xD2: (0, 5), 0xD3: (0, 9), 0xD4: (0, 3),
+    0xD5: (0, 4), 0xD6: (0, 6), 0xD7: (0, 10), 0xD8: (0, 18), 0xD9: (4, 1), 0xDA: (4, 2),
+    0xDB: (4, 4), 0xDC: (6, 2), 0xDD: (6, 4), 0xDE: (7, 2), 0xDF: (7, 4),
+}.items():  # fmt: skip
+    _KIND[_b], _ARG[_b] = _k, _a
+#: Every byte that is not a container header, deleted to count candidate containers.
+_NOT_CONTAINER = bytes(b for b in range(256) if _KIND[b] not in (1, 2, 6, 7))
+
+
+def _scan_msgpack(
+    data: bytes, max_items: int = MAX_DECODE_ITEMS, max_depth: int = MAX_DECODE_DEPTH
+) -> None:
+    """Count values and nesting without building anything; EventError past the bounds.
+
+    Declared sizes count before anything is read, so a header claiming a
+    billion entries costs nothing.  Malformed input is left for msgpack to report.
+    """
+    kind, arg, from_bytes = _KIND, _ARG, int.from_bytes
+    pos, end, n = 0, len(data), 0
+    left = [1]  # values still to read in each open container
+    while left:
+        if not left[-1]:
+            left.pop()
+            continue
+        left[-1] -= 1
+        if pos >= end:
+            return
+        b = data[pos]
+        k = kind[b]
+        n += 1
+        if k == 0:
+            pos += arg[b]
+            continue
+        if k in (4, 5):
+            a = arg[b]
+            pos += 1 + a + (k == 5) + from_bytes(data[pos + 1 : pos + 1 + a], "big")
+            continue
+        if k in (1, 2):
+            count = arg[b] * 2 if k == 1 else arg[b]
+            pos += 1
+        elif k in (6, 7):
+            a = arg[b]
+            count = from_bytes(data[pos + 1 : pos + 1 + a], "big") * (2 if k == 7 else 1)
+            pos += 1 + a
+        else:
+            return
+        if count:
+            if n + sum(left) + count > max_items:
+                raise EventError(f"encoded event holds more than {max_items} values")
+            if len(left) > max_depth:  # left holds the root slot plus each open container
+                raise EventError(f"encoded event nests deeper than {max_depth} levels")
+            left.append(count)
+
+
 def unpack(data: bytes) -> Any:
-    """Decode msgpack bytes to plain values, bounded and without executing anything."""
+    """Decode msgpack bytes to plain values, bounded and without executing anything.
+
+    Bounded in size (MAX_EVENT_BYTES), values (MAX_DECODE_ITEMS) and nesting
+    (MAX_DECODE_DEPTH).  The bounds scan runs only for inputs that could break
+    them: large ones, or ones with enough container headers to nest deeply.
+    """
     if len(data) > MAX_EVENT_BYTES:
         raise EventError(f"encoded event of {len(data)} bytes exceeds {MAX_EVENT_BYTES}")
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    if len(data) > _SCAN_FROM_BYTES or len(data.translate(None, _NOT_CONTAINER)) > MAX_DECODE_DEPTH:
+        _scan_msgpack(data)
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_ext_hook)
     except EventError:
@@ -546,14 +630,52 @@ def to_json_line(event: dict[str, Any]) -> str:
     return json.dumps(_to_json(event), separators=(",", ":"), allow_nan=False) + "\n"
 
 
+def json_line_is_small(line: str | bytes) -> bool:
+    """True when a JSON line cannot break the decode bounds (most lines; cheap to tell).
+
+    Such a line is short and has too few brackets to nest deeper than
+    MAX_DECODE_DEPTH; any other line needs :func:`from_json_line`'s checks.
+    """
+    if len(line) > _SCAN_FROM_BYTES:
+        return False
+    if isinstance(line, str):
+        return line.count("[") + line.count("{") <= MAX_DECODE_DEPTH
+    return line.count(b"[") + line.count(b"{") <= MAX_DECODE_DEPTH
+
+
+def _check_json_items(line: str | bytes) -> None:
+    # Every value but the first follows a comma or an opening bracket: an upper bound.
+    marks = ("[", "{", ",") if isinstance(line, str) else (b"[", b"{", b",")
+    if sum(line.count(m) for m in marks) + 1 > MAX_DECODE_ITEMS:  # type: ignore[arg-type]
+        raise EventError(f"event line holds more than {MAX_DECODE_ITEMS} values")
+
+
+def _check_depth(value: Any) -> None:
+    """EventError when ``value`` nests deeper than MAX_DECODE_DEPTH (iterative, no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        x, depth = stack.pop()
+        if depth > MAX_DECODE_DEPTH:
+            raise EventError(f"event nests deeper than {MAX_DECODE_DEPTH} levels")
+        if type(x) is dict:
+            stack.extend((v, depth + 1) for v in x.values() if type(v) in (dict, list))
+        elif type(x) is list:
+            stack.extend((v, depth + 1) for v in x if type(v) in (dict, list))
+
+
 def from_json_line(line: str | bytes) -> dict[str, Any]:
-    """One JSON line → validated event."""
+    """One JSON line → validated event (bounded like :func:`unpack`)."""
     if len(line) > MAX_EVENT_BYTES:
         raise EventError(f"event line of {len(line)} bytes exceeds {MAX_EVENT_BYTES}")
+    small = json_line_is_small(line)
+    if not small:
+        _check_json_items(line)
     try:
         raw = json.loads(line)
     except (ValueError, RecursionError) as exc:
         raise EventError(f"not a JSON event line: {str(exc)[:120]}") from exc
+    if not small:
+        _check_depth(raw)
     return validate(_from_json(raw))
 
 
