@@ -41,15 +41,20 @@ class BusSource:
         bus_file: str | os.PathLike[str] | None = None,
         timeout_ms: int = 5000,
         idle_ms: int = DEFAULT_IDLE_MS,
+        server_key: str | None = None,
+        client_key: str | None = None,
     ) -> BusSource:
+        """``server_key``/``client_key``: CURVE keys (see :mod:`bus.security`); bad ones raise
+        ValueError."""
         from bus.client import BusClient
 
+        keys = {"server_key": server_key, "client_key": client_key}
         if bus_file is not None:
-            client = BusClient.from_file(bus_file, timeout_ms=timeout_ms)
+            client = BusClient.from_file(bus_file, timeout_ms=timeout_ms, **keys)
         else:
             if not backend or not replay:
                 raise ValueError("give --bus FILE, or both --backend EP and --replay EP")
-            client = BusClient(backend, replay, timeout_ms=timeout_ms)
+            client = BusClient(backend, replay, timeout_ms=timeout_ms, **keys)
         return cls(client, idle_ms=idle_ms)
 
     def store_id(self) -> str | None:

@@ -106,6 +106,16 @@ def _add_connection(p: argparse.ArgumentParser) -> None:
         metavar="MS",
         help="wait this long for each answer from the broker [%(default)s]",
     )
+    g.add_argument(
+        "--server-key",
+        metavar="FILE",
+        help="the broker's public CURVE key file (default: from its bus.json, $ROSE_SERVER_KEY)",
+    )
+    g.add_argument(
+        "--client-key",
+        metavar="FILE",
+        help="this client's NAME.key_secret for a CURVE broker (default: $ROSE_CLIENT_KEY)",
+    )
 
 
 def _bus_source(args: argparse.Namespace, *, idle_ms: int = 200) -> Any:
@@ -135,6 +145,8 @@ def _bus_source(args: argparse.Namespace, *, idle_ms: int = 200) -> Any:
             bus_file=args.bus,
             timeout_ms=args.timeout_ms,
             idle_ms=idle_ms,
+            server_key=getattr(args, "server_key", None),
+            client_key=getattr(args, "client_key", None),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

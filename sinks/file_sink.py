@@ -48,8 +48,12 @@ def _last_line_start(f: Any, end: int) -> int:
     return 0
 
 
-def repair_tail(path: Path) -> int | None:
-    """Drop a torn last line; return the last complete event's seq (None if empty)."""
+def repair_tail(path: Path, *, quiet: bool = False) -> int | None:
+    """Drop a torn last line; return the last complete event's seq (None if empty).
+
+    ``quiet``: the torn line is this sink's own failed write (logged by the
+    runtime as the failure it is), so cutting it is not worth a warning each retry.
+    """
     try:
         f = path.open("r+b")
     except FileNotFoundError:
@@ -61,7 +65,12 @@ def repair_tail(path: Path) -> int | None:
         f.seek(size - 1)
         if f.read(1) != b"\n":
             keep = _last_line_start(f, size + 1)  # treat EOF as the end of the torn line
-            log.warning("%s: dropping a torn last line (%d bytes)", path, size - keep)
+            log.log(
+                logging.DEBUG if quiet else logging.WARNING,
+                "%s: dropping a torn last line (%d bytes)",
+                path,
+                size - keep,
+            )
             f.truncate(keep)
             size = keep
             if size == 0:
@@ -129,7 +138,7 @@ class FileRunSink(RunSink):
         # Part of the batch may be on disk: the file says how far it got.
         self._close_writer()
         try:
-            self._last = repair_tail(self.path)
+            self._last = repair_tail(self.path, quiet=True)
         except OSError:
             return ApplyResult.retry(0, f"{self.path}: {exc}")
         first = events[0]["seq"]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from rose.events import EventError, decode, from_json_line, validate
+from rose.events import EventError, decode, from_json_line, json_line_is_small, validate
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def parse_line(text: str) -> dict[str, Any]:
     Lines without escape markers (``"__``) skip the marker walk, the bulk of
     the cost of :func:`rose.events.from_json_line`; the result is the same.
     """
-    if '"__' in text:
+    if '"__' in text or not json_line_is_small(text):  # large or deep: the bounded path
         return from_json_line(text)
     try:
         raw = _DECODER.decode(text)

@@ -392,3 +392,31 @@ def test_cli_broker_with_curve(tmp_path, keys):
             proc.kill()
             proc.wait(30)
         proc.stderr.close()
+
+
+def test_sink_process_and_learner_over_curve(tmp_path, secure, keys):
+    """`rose sink file --client-key` follows a CURVE broker; without a key it says why."""
+    from tests.sinks.conftest import SinkProcess
+
+    out, state = tmp_path / "out", tmp_path / "state"
+    args = ["file", "--bus", str(secure.bus_file), "--out", str(out), "--state", str(state)]
+    env = {k: v for k, v in os.environ.items() if k not in (ENV_SERVER_KEY, ENV_CLIENT_KEY)}
+    keyless = SinkProcess(args, tmp_path / "keyless.log", env).start()
+    assert keyless.proc.wait(60) == 2
+    assert "--client-key" in keyless.output() and "Traceback" not in keyless.output()
+    sink = SinkProcess(
+        [*args, "--client-key", str(keys / "client.key_secret")], tmp_path / "sink.log", env
+    ).start()
+    try:
+        tracker = BusTracker(bus=secure.bus_file, client_key=keys / "client.key_secret")
+        tracker.on_start(MANIFEST)
+        for i in range(20):
+            tracker.on_iteration(IterationState(iteration=i))
+        tracker.on_stop(None, "max_iter_reached")
+        tracker.close()
+        path = out / f"{tracker._own_run}.jsonl"
+        assert wait_until(lambda: path.exists() and path.read_bytes().count(b"\n") == 22)
+        assert sink.terminate() == 0
+    finally:
+        sink.kill()
+    assert "Traceback" not in sink.output()
