@@ -409,6 +409,9 @@ class Broker:
             except WireError as exc:
                 self._reject(exc.reason, str(exc))
                 continue
+            except Exception as exc:  # a bug in the checks must not take the broker down
+                self._reject("garbage", f"unexpected {type(exc).__name__} checking a header")
+                continue
             added = store.add(head.run, head.seq, head.kind, payload)
             if added is None:
                 c.duplicates += 1

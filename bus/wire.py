@@ -113,7 +113,7 @@ def decode_header(header: bytes, *, need_offset: bool = False) -> Header:
         raise WireError("bad_run", f"invalid run id {str(run)[:40]!r}")
     if not _is_int(seq) or not 0 <= seq < _OFFSET_MAX:
         raise WireError("garbage", f"invalid seq {str(seq)[:20]!r}")
-    if kind not in _KIND_SET:
+    if not isinstance(kind, str) or kind not in _KIND_SET:
         raise WireError("garbage", f"invalid kind {str(kind)[:20]!r}")
     offset = head.get("offset")
     if offset is not None and (not _is_int(offset) or not 0 <= offset < _OFFSET_MAX):
