@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=PLOT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("logs", nargs="+", metavar="LOG", help="event log files (JSON lines)")
+    p.add_argument("logs", nargs="+", metavar="LOG",
+                   help="event log files (JSON lines), or directories of them")
     p.add_argument("-o", "--output", required=True, metavar="FILE.png", help="where to write the PNG")
     p.add_argument("--keys", default="", help="comma-separated state keys to plot, one panel each")
     scale = p.add_mutually_exclusive_group()
@@ -38,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_plot(args: argparse.Namespace) -> int:
     from rose import history
 
-    paths = [Path(p) for p in args.logs]
+    paths: list[Path] = []
+    for given in map(Path, args.logs):  # a directory stands for the logs in it
+        paths += sorted(given.glob("*.jsonl")) if given.is_dir() else [given]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise UsageError(f"no such log file: {', '.join(missing)}")
@@ -52,7 +55,7 @@ def run_plot(args: argparse.Namespace) -> int:
         runs = history.load(paths)
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read logs: {exc}") from None
-    if not runs:
+    if not paths or not runs:
         raise UsageError("the logs hold no readable events")
     from rose.plot import plot
 

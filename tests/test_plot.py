@@ -77,3 +77,9 @@ def test_rose_plot_user_errors_are_one_line(parallel_log, tmp_path, argv, messag
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"rose plot: error: {message}"
+
+
+def test_rose_plot_takes_a_directory_of_logs(parallel_log, tmp_path, capsys):
+    out = tmp_path / "dir.png"
+    assert main(["plot", str(parallel_log.parent), "-o", str(out)]) == 0
+    assert "1 run(s), 3 curve(s)" in capsys.readouterr().out and out.is_file()
