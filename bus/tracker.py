@@ -100,7 +100,10 @@ class _Spooler:
     def __init__(self, path: str | os.PathLike[str], sync_interval_s: float, max_queue: int):
         target = Path(path).expanduser()
         self.path = target
-        self._per_run = target.is_dir()
+        # a directory: an existing one, or any path ending in "/" (as FileTracker reads it)
+        self._per_run = target.is_dir() or str(path).endswith(("/", os.sep))
+        if self._per_run:
+            target.mkdir(parents=True, exist_ok=True)  # a bad path fails here, at construction
         self._writers: dict[str | None, EventLogWriter] = {}
         if not self._per_run:  # open now, so a bad path fails at construction, not later
             self._writers[None] = EventLogWriter(target)

@@ -572,6 +572,8 @@ def _publish(args: argparse.Namespace, source: ChainSource) -> int:
     from bus.tracker import BusTracker
 
     target = args.publish
+    if "://" not in target and not Path(target).exists() and re.fullmatch(r"[\w.-]+:\d+", target):
+        raise UsageError(f"--publish {target}: an endpoint needs its transport, e.g. tcp://{target}")
     try:
         if "://" in target:
             tracker = BusTracker(check_endpoint(target, "--publish endpoint"))
@@ -643,7 +645,13 @@ def _default_bus(args: argparse.Namespace) -> bool:
     if args.bus or args.backend or args.replay:
         return True
     env = os.environ.get("ROSE_BUS", "")
-    if env and "://" not in env:
+    if env and "://" in env:
+        raise UsageError(
+            f"ROSE_BUS is an endpoint ({env}), which is enough for learners; sinks and tools "
+            "also need the broker's other endpoints: give --bus STORE/bus.json, or set "
+            "ROSE_BUS to that file"
+        )
+    if env:
         args.bus = env
         return True
     if DEFAULT_BUS_FILE.is_file():

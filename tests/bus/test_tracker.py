@@ -145,3 +145,14 @@ def test_bus_file_and_environment(broker, monkeypatch, client):
         tracker.on_start(MANIFEST)
         tracker.close()
     assert wait_until(lambda: client.stats()["stored"] == 2)
+
+
+def test_spool_path_ending_in_slash_is_a_directory(tmp_path):
+    from bus import BusTracker
+    from rose.tracking import PipelineManifest
+
+    t = BusTracker("tcp://127.0.0.1:1", spool=f"{tmp_path}/spool/", start_wait_ms=0)
+    t.on_start(PipelineManifest(learner_type="X"))
+    t.close()
+    (log,) = (tmp_path / "spool").iterdir()
+    assert log.suffix == ".jsonl"

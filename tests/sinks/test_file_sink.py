@@ -311,3 +311,16 @@ def test_parallel_replay_splits_by_run_and_matches_serial(tmp_path, capsys, capl
     # a line whose envelope cannot be read without JSON: no split, same result
     (tmp_path / "odd.jsonl").write_text('{"run": "p1", "v": 1}\n')
     assert sinks.replay.plan_groups(sorted(tmp_path.glob("*.jsonl")), 3) is None
+
+
+def test_rose_bus_endpoint_is_explained_to_tools(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ROSE_BUS", "tcp://127.0.0.1:5555")
+    assert rose_main(["sink", "file", "--out", "o"]) == 2
+    assert "ROSE_BUS is an endpoint" in capsys.readouterr().err
+
+
+def test_publish_endpoint_without_transport(tmp_path, capsys):
+    write_log(tmp_path / "r.jsonl", run_events("r", 1))
+    assert rose_main(["replay", str(tmp_path / "r.jsonl"), "--publish", "login:5555"]) == 2
+    assert "needs its transport, e.g. tcp://login:5555" in capsys.readouterr().err
