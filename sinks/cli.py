@@ -311,6 +311,12 @@ def _register_replay(subparsers: Any) -> None:
         metavar="EP",
         help="publish to a broker's frontend (tcp://HOST:5555) or via its bus.json",
     )
+    p.add_argument(
+        "--client-key",
+        metavar="FILE",
+        help="with --publish to a CURVE broker: this client's NAME.key_secret "
+        "(default: $ROSE_CLIENT_KEY)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--jobs",
@@ -471,6 +477,8 @@ def _sources(
 
 
 def run_replay(args: argparse.Namespace) -> int:
+    if args.client_key and not args.publish:
+        raise UsageError("--client-key applies to --publish (a sink replayed --into needs no broker)")
     logs = _expand_logs(args.logs)
     total = sum(p.stat().st_size for kind, p in logs if kind == "log")
     progress = _Progress(total, not args.no_progress)
@@ -576,9 +584,10 @@ def _publish(args: argparse.Namespace, source: ChainSource) -> int:
         raise UsageError(f"--publish {target}: an endpoint needs its transport, e.g. tcp://{target}")
     try:
         if "://" in target:
-            tracker = BusTracker(check_endpoint(target, "--publish endpoint"))
+            tracker = BusTracker(check_endpoint(target, "--publish endpoint"),
+                                 client_key=args.client_key)
         else:
-            tracker = BusTracker(bus=target)
+            tracker = BusTracker(bus=target, client_key=args.client_key)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     stopping = {"flag": False}

@@ -195,6 +195,8 @@ def test_replay_reports_bad_lines_and_gaps(tmp_path, capsys):
          "--learner-names does not apply to --into file"),
         # an option two kinds share (clearml and slack) belongs to both
         (["replay", "{log}", "--into", "slack", "--learner-names", "A,B"], "no Slack webhook"),
+        (["replay", "{log}", "--into", "file", "--out", "o", "--client-key", "k"],
+         "--client-key applies to --publish"),
         (["replay", "{log}", "--publish", "nonsense"], "no bus file"),
         (["replay", "{log}", "--publish", "tcp://nohost"], "bad --publish endpoint"),
         (
