@@ -55,9 +55,9 @@ def inject(stack: Stack, rng: random.Random, fault: str) -> None:
 def test_every_daemon_faulted_mid_run_every_event_once(stack, fault):
     rng = random.Random(f"{SEED}-{fault}")
     stack.start()
-    first = stack.learner("alpha", 120, pace_ms=20)
+    first = stack.learner("alpha", 100, pace_ms=15)
     time.sleep(rng.uniform(0.5, 1.5))  # somewhere in alpha's first iterations
-    stack.learner("beta", 100, pace_ms=20)  # its start event arrives mid-faults
+    stack.learner("beta", 80, pace_ms=15)  # its start event arrives mid-faults
     inject(stack, rng, fault)
     stack.wait_delivered()
     results = [lr.result() for lr in stack.learners]
@@ -65,7 +65,7 @@ def test_every_daemon_faulted_mid_run_every_event_once(stack, fault):
     assert first.running is False
     stack.stop_all()
     report = stack.check_exactly_once(f"{fault} of broker, file sink, mlflow sink (seed {SEED})")
-    assert report["events"] == 122 + 102
+    assert report["events"] == 102 + 82
 
 
 @pytest.mark.slow

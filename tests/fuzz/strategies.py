@@ -92,12 +92,13 @@ MANIFEST = PipelineManifest(
 
 
 @st.composite
-def valid_events(draw, run: st.SearchStrategy[str] | None = None) -> dict:
-    """A well-formed event of any kind whose state is as strange as plain data gets."""
-    run_id = draw(run or st.from_regex(r"\A[a-z][a-z0-9]{0,8}\Z"))
-    seq = draw(st.integers(min_value=0, max_value=50))
+def valid_events(draw, run: str | None = None, kind: str | None = None, seq: int | None = None):
+    """A well-formed event (of ``kind``, when given) whose state is as strange as plain
+    data gets."""
+    run_id = run if run is not None else draw(st.from_regex(r"\A[a-z][a-z0-9]{0,8}\Z"))
+    seq = seq if seq is not None else draw(st.integers(min_value=0, max_value=50))
     ts = draw(st.floats(min_value=0, max_value=4e9))
-    kind = draw(st.sampled_from(["start", "iteration", "stop"]))
+    kind = kind or draw(st.sampled_from(["start", "iteration", "stop"]))
     ctx = EventContext(run_id, seq, ts, {"host": "h", "pid": 1} if kind == "start" else None)
     if kind == "start":
         return start_event(ctx, MANIFEST)
