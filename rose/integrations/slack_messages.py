@@ -17,7 +17,6 @@ formats exactly what an uninterrupted one would have.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,6 +41,30 @@ class SlackOptions:
                 raise ValueError(f"milestones must be finite numbers, got {m!r}")
 
 
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _json_safe(x: Any) -> Any:
+    """A deep copy of ``x`` with non-finite floats as {"float": "inf"} (strict JSON)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return {"float": repr(x)}
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def _from_json_safe(x: Any) -> Any:
+    if isinstance(x, dict):
+        if len(x) == 1 and x.get("float") in _NON_FINITE:
+            return _NON_FINITE[x["float"]]
+        return {k: _from_json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_from_json_safe(v) for v in x]
+    return x
+
+
 def format_metric(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "N/A"
@@ -63,12 +86,13 @@ class RunMessages:
     # ------------------------------------------------------------ state
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """Plain data for the sink's journal, which is strict JSON: nan/inf become text."""
+        return _json_safe({
             "learner_type": self.learner_type,
             "parallel": self.parallel,
             "criterion": self.criterion,
-            "learners": copy.deepcopy(self.learners),
-        }
+            "learners": self.learners,
+        })
 
     @classmethod
     def from_dict(cls, run: str, options: SlackOptions, data: dict[str, Any] | None) -> RunMessages:
@@ -76,8 +100,8 @@ class RunMessages:
         if data:
             out.learner_type = str(data.get("learner_type", ""))
             out.parallel = bool(data.get("parallel", False))
-            out.criterion = data.get("criterion")
-            out.learners = copy.deepcopy(dict(data.get("learners") or {}))
+            out.criterion = _from_json_safe(data.get("criterion"))
+            out.learners = _from_json_safe(dict(data.get("learners") or {}))
         return out
 
     def copy(self) -> RunMessages:

@@ -285,14 +285,8 @@ def _non_finite_metric(items: list[tuple[str, int, bytes]]) -> bool:
     return False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug, reported to the Slack sink's owner: a NaN/inf metric value reaches "
-    "the run's journal, which is strict JSON (allow_nan=False), so every apply raises "
-    "and the run is retried forever",
-)
 def test_slack_sink_non_finite_metric_value(tmp_path, caplog, monkeypatch, slack):
-    """Found by test_slack_sink; kept as a strict xfail until the sink is fixed."""
+    """Found by test_slack_sink: a NaN/inf metric once made the run's journal unwritable."""
     from rose.events import EventContext, iteration_event, start_event, stop_event
     from rose.tracking import IterationState
 
