@@ -373,7 +373,7 @@ class Stack:
         sinks = "file + mlflow" if self.mlflow_sink is not None else "file"
         faults = "; ".join(f"{d.name}: {', '.join(d.events) or 'none'}" for d in self.daemons)
         line = (
-            f"{scenario}: {len(counts)} run(s), {events} events each exactly once in {sinks}"
+            f"{scenario}: {len(counts)} run(s), {events} events, each exactly once in {sinks}"
             + (f" ({mlflow_metrics} MLflow metric points)" if mlflow_metrics else "")
             + f" | {faults}"
         )

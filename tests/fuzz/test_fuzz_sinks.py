@@ -301,3 +301,23 @@ def test_slack_sink_non_finite_metric_value(tmp_path, caplog, monkeypatch, slack
     ]
     sink = _cli_sink("slack", "--state", str(tmp_path), "--min-interval", "0")
     drive(sink, [(e["run"], e["seq"], encode(e)) for e in events], caplog, bound_s=3.0)
+
+
+def test_clearml_sink(tmp_path, caplog, monkeypatch):
+    """Few examples: every run is a ClearML worker process (offline mode)."""
+    pytest.importorskip("clearml")
+    monkeypatch.setenv("CLEARML_OFFLINE_MODE", "1")
+    monkeypatch.setenv("CLEARML_CACHE_DIR", str(tmp_path / "clearml-cache"))
+    for key in ("CLEARML_PROC_MASTER_ID", "CLEARML_TASK_ID"):
+        monkeypatch.delenv(key, raising=False)
+
+    @fuzz(6)
+    @given(broker_contents())
+    def check(items):
+        tried("sink clearml: broker contents")
+        state = _scratch(tmp_path)
+        sink = _cli_sink("clearml", "--project", "fuzz", "--state", str(state))
+        runtime = drive(sink, items, caplog, bound_s=60.0)
+        assert runtime.counters.applied <= sum(map(len, _expected(items).values()))
+
+    check()
