@@ -154,6 +154,20 @@ class _TrackerErrors:
                     log.warning("tracker %s raised %d times in %s", type(t).__name__, n, method)
 
 
+def task_decorator(role: str, doc: str | None = None) -> Callable:
+    """A learner method that registers the ``role`` task, used bare or called with options."""
+
+    def register(self: Learner, func: Callable | None = None, /, **options: Any) -> Callable:
+        return self._decorator(role, func, options)
+
+    register.__name__ = register.__qualname__ = f"{role}_task"
+    register.__doc__ = doc or (
+        f"Register the {role} task: ``as_executable`` (default True), ``log_params`` "
+        "(the only thing trackers see), any other keyword goes to the execution backend."
+    )
+    return register
+
+
 class Learner:
     """Base of every learner: tasks, configuration, tracking lifecycle."""
 
@@ -438,6 +452,29 @@ class Learner:
                 self._notify("on_stop", last, reason)
                 self._tracker_errors.summarize(self._trackers)
 
+    def _start_sequential(
+        self, config: LearnerConfig | None, max_iter: int, skip_pre_loop: bool, skip_step: bool
+    ) -> AsyncIterator[IterationState]:
+        """One lane of the family's ``_lane`` loop through the lifecycle."""
+        return self._run(
+            [Lane(learner_id=None, config=config)],
+            lambda ln: self._lane(ln, max_iter, skip_pre_loop, skip_step),  # type: ignore[attr-defined]
+            check=lambda: self._check_tasks(max_iter, skip_step),  # type: ignore[attr-defined]
+        )
+
+    @staticmethod
+    async def _drain(
+        states: AsyncIterator[IterationState], name: str = "teach"
+    ) -> dict[Any, IterationState]:
+        """Run a start() to its end for the deprecated teach()/learn(): last state per learner."""
+        warnings.warn(
+            f"{name}() is deprecated; iterate over start() instead", DeprecationWarning, stacklevel=3
+        )
+        finals: dict[Any, IterationState] = {}
+        async for state in states:
+            finals[state.learner_id] = state
+        return finals
+
     def _check_max_iter(self, max_iter: int) -> None:
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
             raise ValueError(f"max_iter must be an int >= 0, got {max_iter!r}")
@@ -465,6 +502,64 @@ class Learner:
         if missing:
             names = ", ".join(f"@learner.{r}_task" for r in missing)
             raise ValueError(f"{type(self).__name__} needs these tasks registered first: {names}")
+
+
+class ParallelLearner(Learner):
+    """What the parallel learners of the active and RL families share: the learner
+    count, one lane per learner (``learner_id`` 0, 1, …), and the deprecated teach()."""
+
+    def __init__(
+        self,
+        asyncflow: WorkflowEngine,
+        parallel_learners: int | None = None,
+        *,
+        run_name: str | None = None,
+    ) -> None:
+        super().__init__(asyncflow, run_name=run_name)
+        # Known before start() only if given here; the manifest then carries it.
+        self._parallel_hint = parallel_learners
+
+    @property
+    def parallel_count(self) -> int | None:
+        return len(self._lanes) if self._lanes else self._parallel_hint
+
+    def _start_parallel(
+        self,
+        parallel_learners: int | None,
+        max_iter: int,
+        skip_pre_loop: bool,
+        learner_configs: list[LearnerConfig | None] | None,
+        skip_step: bool,
+    ) -> AsyncIterator[IterationState]:
+        count = parallel_learners or self._parallel_hint or 2
+        configs = learner_configs or [None] * count
+        lanes = [
+            Lane(learner_id=i, config=configs[i] if i < len(configs) else None)
+            for i in range(count)
+        ]
+
+        def check() -> None:
+            self._check_parallel(count, learner_configs)
+            self._check_tasks(max_iter, skip_step)  # type: ignore[attr-defined]
+
+        return self._run(
+            lanes,
+            lambda ln: self._lane(ln, max_iter, skip_pre_loop, skip_step),  # type: ignore[attr-defined]
+            check=check,
+        )
+
+    async def teach(
+        self,
+        parallel_learners: int = 2,
+        max_iter: int = 0,
+        skip_pre_loop: bool = False,
+        learner_configs: list[LearnerConfig | None] | None = None,
+    ) -> list[IterationState | None]:
+        """Deprecated: run to the end and return each learner's final state."""
+        finals = await self._drain(
+            self.start(parallel_learners, max_iter, skip_pre_loop, learner_configs)  # type: ignore[attr-defined]
+        )
+        return [finals.get(i) for i in range(parallel_learners)]
 
 
 def _count():

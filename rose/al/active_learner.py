@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
-from radical.asyncflow import WorkflowEngine
-
-from rose.learner import Lane, Learner, LearnerConfig
+from rose.learner import Lane, Learner, LearnerConfig, ParallelLearner, task_decorator
 from rose.tracking import IterationState
 
 
 class ActiveLearner(Learner):
     roles = ("simulation", "training", "active_learn", "prediction")
 
-    def simulation_task(self, func: Callable | None = None, /, **options: Any) -> Callable:
-        return self._decorator("simulation", func, options)
-
-    def training_task(self, func: Callable | None = None, /, **options: Any) -> Callable:
-        return self._decorator("training", func, options)
-
-    def active_learn_task(self, func: Callable | None = None, /, **options: Any) -> Callable:
-        return self._decorator("active_learn", func, options)
-
-    def prediction_task(self, func: Callable | None = None, /, **options: Any) -> Callable:
-        return self._decorator("prediction", func, options)
+    simulation_task = task_decorator("simulation")
+    training_task = task_decorator("training")
+    active_learn_task = task_decorator("active_learn")
+    prediction_task = task_decorator("prediction")
 
     def _check_tasks(self, max_iter: int, skip_simulation_step: bool) -> None:
         self._require(
@@ -108,12 +98,7 @@ class SequentialActiveLearner(ActiveLearner):
         skip_simulation_step: bool = False,
         initial_config: LearnerConfig | None = None,
     ) -> AsyncIterator[IterationState]:
-        lane = Lane(learner_id=None, config=initial_config)
-        return self._run(
-            [lane],
-            lambda ln: self._lane(ln, max_iter, skip_pre_loop, skip_simulation_step),
-            check=lambda: self._check_tasks(max_iter, skip_simulation_step),
-        )
+        return self._start_sequential(initial_config, max_iter, skip_pre_loop, skip_simulation_step)
 
     async def teach(
         self,
@@ -123,35 +108,15 @@ class SequentialActiveLearner(ActiveLearner):
         learner_config: LearnerConfig | None = None,
     ) -> IterationState | None:
         """Deprecated: run to the end and return the final state.  Use ``start()``."""
-        warnings.warn(
-            "teach() is deprecated; iterate over start() instead", DeprecationWarning, stacklevel=2
+        finals = await self._drain(
+            self.start(max_iter, skip_pre_loop, skip_simulation_step, learner_config)
         )
-        final = None
-        async for state in self.start(
-            max_iter, skip_pre_loop, skip_simulation_step, learner_config
-        ):
-            final = state
-        return final
+        return finals.get(None)
 
 
-class ParallelActiveLearner(ActiveLearner):
+class ParallelActiveLearner(ParallelLearner, ActiveLearner):
     """Several active-learning loops at once; states stream as they arrive,
     each stamped with its ``learner_id`` (0, 1, …)."""
-
-    def __init__(
-        self,
-        asyncflow: WorkflowEngine,
-        parallel_learners: int | None = None,
-        *,
-        run_name: str | None = None,
-    ) -> None:
-        super().__init__(asyncflow, run_name=run_name)
-        # Known before start() only if given here; the manifest then carries it.
-        self._parallel_hint = parallel_learners
-
-    @property
-    def parallel_count(self) -> int | None:
-        return len(self._lanes) if self._lanes else self._parallel_hint
 
     def start(
         self,
@@ -161,35 +126,7 @@ class ParallelActiveLearner(ActiveLearner):
         learner_configs: list[LearnerConfig | None] | None = None,
         skip_simulation_step: bool = False,
     ) -> AsyncIterator[IterationState]:
-        count = parallel_learners or self._parallel_hint or 2
-        configs = learner_configs or [None] * count
-        lanes = [
-            Lane(learner_id=i, config=configs[i] if i < len(configs) else None)
-            for i in range(count)
-        ]
-
-        def check() -> None:
-            self._check_parallel(count, learner_configs)
-            self._check_tasks(max_iter, skip_simulation_step)
-
-        return self._run(
-            lanes,
-            lambda ln: self._lane(ln, max_iter, skip_pre_loop, skip_simulation_step),
-            check=check,
+        """Run ``parallel_learners`` loops (default: the constructor's count, else 2)."""
+        return self._start_parallel(
+            parallel_learners, max_iter, skip_pre_loop, learner_configs, skip_simulation_step
         )
-
-    async def teach(
-        self,
-        parallel_learners: int = 2,
-        max_iter: int = 0,
-        skip_pre_loop: bool = False,
-        learner_configs: list[LearnerConfig | None] | None = None,
-    ) -> list[IterationState | None]:
-        """Deprecated: run to the end and return each learner's final state."""
-        warnings.warn(
-            "teach() is deprecated; iterate over start() instead", DeprecationWarning, stacklevel=2
-        )
-        finals: dict[Any, IterationState] = {}
-        async for state in self.start(parallel_learners, max_iter, skip_pre_loop, learner_configs):
-            finals[state.learner_id] = state
-        return [finals.get(i) for i in range(parallel_learners)]

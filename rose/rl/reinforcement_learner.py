@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import warnings
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from radical.asyncflow import WorkflowEngine
-
 from rose.events import to_plain
-from rose.learner import Lane, Learner, LearnerConfig
+from rose.learner import Lane, Learner, LearnerConfig, ParallelLearner, task_decorator
 from rose.rl.experience import as_bank, merge_banks
 from rose.tracking import IterationState
 
@@ -36,13 +33,13 @@ class ReinforcementLearner(Learner):
 
     roles = ("environment", "update")
 
-    def environment_task(self, func: Callable | None = None, /, **options: Any) -> Callable:
-        """Register the task that runs the policy in the environment and collects experience."""
-        return self._decorator("environment", func, options)
-
-    def update_task(self, func: Callable | None = None, /, **options: Any) -> Callable:
-        """Register the task that improves the policy from the collected experience."""
-        return self._decorator("update", func, options)
+    environment_task = task_decorator(
+        "environment", "Register the task that runs the policy in the environment and "
+        "collects experience (bare or with options, like every task decorator)."
+    )
+    update_task = task_decorator(
+        "update", "Register the task that improves the policy from the collected experience."
+    )
 
     def _check_tasks(self, max_iter: int, skip_environment_step: bool) -> None:
         self._require(*(("update",) if skip_environment_step else ("environment", "update")))
@@ -114,12 +111,7 @@ class SequentialReinforcementLearner(ReinforcementLearner):
         skip_environment_step: bool = False,
         initial_config: LearnerConfig | None = None,
     ) -> AsyncIterator[IterationState]:
-        lane = Lane(learner_id=None, config=initial_config)
-        return self._run(
-            [lane],
-            lambda ln: self._lane(ln, max_iter, skip_pre_loop, skip_environment_step),
-            check=lambda: self._check_tasks(max_iter, skip_environment_step),
-        )
+        return self._start_sequential(initial_config, max_iter, skip_pre_loop, skip_environment_step)
 
     async def teach(
         self,
@@ -129,15 +121,10 @@ class SequentialReinforcementLearner(ReinforcementLearner):
         learner_config: LearnerConfig | None = None,
     ) -> IterationState | None:
         """Deprecated: run to the end and return the final state.  Use ``start()``."""
-        warnings.warn(
-            "teach() is deprecated; iterate over start() instead", DeprecationWarning, stacklevel=2
+        finals = await self._drain(
+            self.start(max_iter, skip_pre_loop, skip_environment_step, learner_config)
         )
-        final = None
-        async for state in self.start(
-            max_iter, skip_pre_loop, skip_environment_step, learner_config
-        ):
-            final = state
-        return final
+        return finals.get(None)
 
     async def learn(
         self,
@@ -147,33 +134,15 @@ class SequentialReinforcementLearner(ReinforcementLearner):
         learner_config: LearnerConfig | None = None,
     ) -> IterationState | None:
         """Deprecated name of ``teach()`` kept for older RL scripts.  Use ``start()``."""
-        warnings.warn(
-            "learn() is deprecated; iterate over start() instead", DeprecationWarning, stacklevel=2
+        finals = await self._drain(
+            self.start(max_iter, skip_pre_loop, skip_emulation_step, learner_config), "learn"
         )
-        final = None
-        async for state in self.start(max_iter, skip_pre_loop, skip_emulation_step, learner_config):
-            final = state
-        return final
+        return finals.get(None)
 
 
-class ParallelReinforcementLearner(ReinforcementLearner):
+class ParallelReinforcementLearner(ParallelLearner, ReinforcementLearner):
     """Several RL loops at once (e.g. different seeds or hyper-parameters); states
     stream as they arrive, each stamped with its ``learner_id`` (0, 1, …)."""
-
-    def __init__(
-        self,
-        asyncflow: WorkflowEngine,
-        parallel_learners: int | None = None,
-        *,
-        run_name: str | None = None,
-    ) -> None:
-        super().__init__(asyncflow, run_name=run_name)
-        # Known before start() only if given here; the manifest then carries it.
-        self._parallel_hint = parallel_learners
-
-    @property
-    def parallel_count(self) -> int | None:
-        return len(self._lanes) if self._lanes else self._parallel_hint
 
     def start(
         self,
@@ -184,38 +153,9 @@ class ParallelReinforcementLearner(ReinforcementLearner):
         skip_environment_step: bool = False,
     ) -> AsyncIterator[IterationState]:
         """Run ``parallel_learners`` loops (default: the constructor's count, else 2)."""
-        count = parallel_learners or self._parallel_hint or 2
-        configs = learner_configs or [None] * count
-        lanes = [
-            Lane(learner_id=i, config=configs[i] if i < len(configs) else None)
-            for i in range(count)
-        ]
-
-        def check() -> None:
-            self._check_parallel(count, learner_configs)
-            self._check_tasks(max_iter, skip_environment_step)
-
-        return self._run(
-            lanes,
-            lambda ln: self._lane(ln, max_iter, skip_pre_loop, skip_environment_step),
-            check=check,
+        return self._start_parallel(
+            parallel_learners, max_iter, skip_pre_loop, learner_configs, skip_environment_step
         )
-
-    async def teach(
-        self,
-        parallel_learners: int = 2,
-        max_iter: int = 0,
-        skip_pre_loop: bool = False,
-        learner_configs: list[LearnerConfig | None] | None = None,
-    ) -> list[IterationState | None]:
-        """Deprecated: run to the end and return each learner's final state."""
-        warnings.warn(
-            "teach() is deprecated; iterate over start() instead", DeprecationWarning, stacklevel=2
-        )
-        finals: dict[Any, IterationState] = {}
-        async for state in self.start(parallel_learners, max_iter, skip_pre_loop, learner_configs):
-            finals[state.learner_id] = state
-        return [finals.get(i) for i in range(parallel_learners)]
 
 
 class ParallelExperience(SequentialReinforcementLearner):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
 
 from radical.asyncflow import WorkflowEngine
 
@@ -44,15 +42,10 @@ class SeqUQLearner(UQLearner):
         learning_config: LearnerConfig | None = None,
     ) -> IterationState | None:
         """Deprecated: run to the end and return the final state.  Use ``start()``."""
-        warnings.warn(
-            "teach() is deprecated; iterate over start() instead", DeprecationWarning, stacklevel=2
+        finals = await self._drain(
+            self.start(model_names, num_predictions, max_iter, skip_pre_loop, learning_config)
         )
-        final = None
-        async for state in self.start(
-            model_names, num_predictions, max_iter, skip_pre_loop, learning_config
-        ):
-            final = state
-        return final
+        return finals.get(None)
 
 
 class ParallelUQLearner(UQLearner):
@@ -126,15 +119,12 @@ class ParallelUQLearner(UQLearner):
         learner_configs: LearnerConfigs | None = None,
     ) -> dict[str, IterationState]:
         """Deprecated: run to the end and return each learner's final state by name."""
-        warnings.warn(
-            "teach() is deprecated; iterate over start() instead", DeprecationWarning, stacklevel=2
+        return await self._drain(
+            self.start(
+                learner_names, model_names, num_predictions, max_iter, skip_pre_loop,
+                learner_configs,
+            )
         )
-        finals: dict[Any, IterationState] = {}
-        async for state in self.start(
-            learner_names, model_names, num_predictions, max_iter, skip_pre_loop, learner_configs
-        ):
-            finals[state.learner_id] = state
-        return finals
 
 
 def _configs_by_position(

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from rose import metrics
-from rose.learner import Lane, Learner, LearnerConfig, Schedule, TaskConfig
+from rose.learner import Lane, Learner, LearnerConfig, Schedule, TaskConfig, task_decorator
 from rose.tracking import IterationState
 
 log = logging.getLogger(__name__)
@@ -69,19 +69,14 @@ class UQLearner(Learner):
     roles = ("simulation", "training", "prediction", "uncertainty", "active_learn")
     stop_roles = ("criterion", "uncertainty")
 
-    def simulation_task(self, func: Callable | None = None, /, **options: Any) -> Callable:
-        return self._decorator("simulation", func, options)
-
-    def training_task(self, func: Callable | None = None, /, **options: Any) -> Callable:
-        """Register the task that trains one model (its name in ``kwargs["--model_name"]``)."""
-        return self._decorator("training", func, options)
-
-    def prediction_task(self, func: Callable | None = None, /, **options: Any) -> Callable:
-        """Register the task that predicts with one trained model (see module docstring)."""
-        return self._decorator("prediction", func, options)
-
-    def active_learn_task(self, func: Callable | None = None, /, **options: Any) -> Callable:
-        return self._decorator("active_learn", func, options)
+    simulation_task = task_decorator("simulation")
+    training_task = task_decorator(
+        "training", "Register the task that trains one model (its name in kwargs['--model_name'])."
+    )
+    prediction_task = task_decorator(
+        "prediction", "Register the task that predicts with one trained model (see module docstring)."
+    )
+    active_learn_task = task_decorator("active_learn")
 
     def uncertainty_quantification(
         self,
