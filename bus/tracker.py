@@ -57,6 +57,9 @@ CHECK_INTERVAL_S = 0.001
 ENV_BUS = "ROSE_BUS"
 
 # Plain ints: pyzmq's flag enums cost more than the send itself on this path.
+# pyzmq's Python-level Socket.send only adds routing-id/group handling that a PUB socket
+# never uses; calling the Cython base method halves the cost of the three sends.
+_zsend = zmq.backend.Socket.send
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
@@ -70,11 +73,11 @@ def _send(sock: zmq.Socket, frames: list[bytes]) -> bool:
     queued, the others are too, so only the first send can raise Again.
     """
     try:
-        sock.send(frames[0], _MORE)
+        _zsend(sock, frames[0], _MORE)
     except zmq.Again:
         return False
-    sock.send(frames[1], _MORE)
-    sock.send(frames[2], _NOBLOCK)
+    _zsend(sock, frames[1], _MORE)
+    _zsend(sock, frames[2], _NOBLOCK)
     return True
 
 
@@ -427,12 +430,12 @@ class BusTracker(EventTracker):
         if self._subscribed and not self._pending:
             frames = out.frames
             try:  # three sends cost less than send_multipart; see _send
-                sock.send(frames[0], _MORE)
+                _zsend(sock, frames[0], _MORE)
             except zmq.Again:
                 pass
             else:
-                sock.send(frames[1], _MORE)
-                sock.send(frames[2], _NOBLOCK)
+                _zsend(sock, frames[1], _MORE)
+                _zsend(sock, frames[2], _NOBLOCK)
                 out.sends = 1
                 self.sent += 1
                 self._ring.append(out)
