@@ -359,6 +359,34 @@ def stop_event(
     return make_event(ctx, "stop", {"reason": reason, "final_state": final})
 
 
+_NONE = type(None)
+_STR_OR_NONE = frozenset({str, _NONE})
+_NUM_OR_NONE = frozenset({int, float, _NONE})
+_LEARNER_ID = frozenset({int, str, _NONE})
+
+
+def _state_body_ok(b: Any) -> bool:
+    """Exact-type check of an iteration body, without building anything.
+
+    Decoded events hold exact builtin types, so valid bodies pass here; anything
+    else goes to state_from_body, which says precisely what is wrong.
+    """
+    return (
+        type(b) is dict
+        and type(b.get("iteration")) is int
+        and type(b.get("should_stop")) is bool
+        and type(b.get("state")) is dict
+        and type(b.get("current_config")) is dict
+        and type(b.get("metric_name")) in _STR_OR_NONE
+        and type(b.get("metric_value")) in _NUM_OR_NONE
+        and type(b.get("metric_threshold")) in _NUM_OR_NONE
+        and type(b.get("learner_id")) in _LEARNER_ID
+        and "metric_name" in b
+        and "metric_value" in b
+        and "metric_threshold" in b
+    )
+
+
 def validate(event: Any) -> dict[str, Any]:
     """Check an event's envelope and body; return it, or raise EventError saying why."""
     if not isinstance(event, dict):
@@ -386,13 +414,15 @@ def validate(event: Any) -> dict[str, Any]:
             raise EventError("origin must be a map")
         manifest_from_body(body)
     elif kind == "iteration":
-        state_from_body(body)
+        if not _state_body_ok(body):
+            state_from_body(body)
     else:
         reason = body.get("reason")
         if reason not in STOP_REASONS:
             raise EventError(f"unknown stop reason {str(reason)[:40]!r}")
-        if body.get("final_state") is not None:
-            state_from_body(body["final_state"])
+        final = body.get("final_state")
+        if final is not None and not _state_body_ok(final):
+            state_from_body(final)
     return event
 
 
