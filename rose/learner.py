@@ -452,6 +452,58 @@ class Learner:
                 self._notify("on_stop", last, reason)
                 self._tracker_errors.summarize(self._trackers)
 
+    async def _iterate(
+        self,
+        lane: Lane,
+        max_iter: int,
+        skip_pre_loop: bool,
+        step: Callable[[int], Any],
+        middle: Callable[[int, list[Any]], Any] | None = None,
+        criterion_inputs: Callable[[list[Any]], tuple] = lambda results: (),
+    ) -> AsyncIterator[IterationState]:
+        """The iteration skeleton every family's loop follows.
+
+        ``step(iteration)`` runs the family's producing tasks (simulation and
+        training, environment and update) and returns their results; the
+        pre-loop runs it for iteration 0.  Each iteration then records those
+        results, runs ``middle`` (e.g. active learning) if any, the criterion on
+        ``criterion_inputs(results)``, yields, and runs the next step with the
+        configuration then in effect.  A stop request is honoured after each await.
+        """
+        results: list[Any] = [] if skip_pre_loop else await step(0)
+        for i in self._iterations(max_iter):
+            if self._stop_requested:
+                return
+            lane.take_pending_config()
+            lane.state.clear()
+            for result in results:
+                self.extract_state(lane, result)
+
+            if middle is not None:
+                extra = await middle(i, results)
+                if self._stop_requested:
+                    return
+                self.extract_state(lane, extra)
+
+            metric_value, should_stop = None, False
+            if self.has_task("criterion"):
+                crit_result = await self.submit("criterion", lane, i, *criterion_inputs(results))
+                if self._stop_requested:
+                    return
+                should_stop, metric_value = self.check_criterion(lane, crit_result)
+
+            yield self.build_state(lane, i, metric_value, should_stop)
+            if should_stop:
+                lane.end_reason = "criterion_met"
+                return
+            if self._stop_requested or (max_iter and i == max_iter - 1):
+                return
+
+            lane.take_pending_config()
+            results = await step(i + 1)
+            if self._stop_requested:
+                return
+
     def _start_sequential(
         self, config: LearnerConfig | None, max_iter: int, skip_pre_loop: bool, skip_step: bool
     ) -> AsyncIterator[IterationState]:

@@ -42,7 +42,7 @@ class ActiveLearner(Learner):
         results.append(await self.submit("training", lane, iteration, *results))
         return results
 
-    async def _lane(
+    def _lane(
         self, lane: Lane, max_iter: int, skip_pre_loop: bool, skip_simulation_step: bool
     ) -> AsyncIterator[IterationState]:
         """One sequential active-learning loop.
@@ -51,41 +51,13 @@ class ActiveLearner(Learner):
         active learning on their results, the criterion, yields, and prepares
         the next simulation and training (with the configuration then in effect).
         """
-        results: list[Any] = []  # this step's simulation and training results
-        if not skip_pre_loop:
-            results = await self._simulate_and_train(lane, 0, skip_simulation_step)
-
-        for i in self._iterations(max_iter):
-            if self._stop_requested:
-                return
-            lane.take_pending_config()
-            lane.state.clear()
-            for result in results:
-                self.extract_state(lane, result)
-
-            acl_result = await self.submit("active_learn", lane, i, *results)
-            if self._stop_requested:
-                return
-            self.extract_state(lane, acl_result)
-
-            metric_value, should_stop = None, False
-            if self.has_task("criterion"):
-                crit_result = await self.submit("criterion", lane, i)
-                if self._stop_requested:
-                    return
-                should_stop, metric_value = self.check_criterion(lane, crit_result)
-
-            yield self.build_state(lane, i, metric_value, should_stop)
-            if should_stop:
-                lane.end_reason = "criterion_met"
-                return
-            if self._stop_requested or (max_iter and i == max_iter - 1):
-                return
-
-            lane.take_pending_config()
-            results = await self._simulate_and_train(lane, i + 1, skip_simulation_step)
-            if self._stop_requested:
-                return
+        return self._iterate(
+            lane,
+            max_iter,
+            skip_pre_loop,
+            step=lambda it: self._simulate_and_train(lane, it, skip_simulation_step),
+            middle=lambda it, results: self.submit("active_learn", lane, it, *results),
+        )
 
 
 class SequentialActiveLearner(ActiveLearner):

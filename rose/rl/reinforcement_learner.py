@@ -57,7 +57,7 @@ class ReinforcementLearner(Learner):
         )
         return [*results, await self.submit("update", lane, iteration, *results)]
 
-    async def _lane(
+    def _lane(
         self, lane: Lane, max_iter: int, skip_pre_loop: bool, skip_environment_step: bool
     ) -> AsyncIterator[IterationState]:
         """One sequential RL loop.
@@ -66,35 +66,14 @@ class ReinforcementLearner(Learner):
         tests the updated policy (the criterion), yields, and runs the next
         environment → update step with the configuration then in effect.
         """
-        results: list[Any] = []
-        if not skip_pre_loop:
-            results = await self._collect(lane, 0, skip_environment_step)
-
-        for i in self._iterations(max_iter):
-            if self._stop_requested:
-                return
-            lane.take_pending_config()
-            lane.state.clear()
-            for result in results:
-                self.extract_state(lane, result)
-
-            metric_value, should_stop = None, False
-            if self.has_task("criterion"):
-                # The test sees the policy the last update produced (nothing if none ran yet).
-                crit_result = await self.submit("criterion", lane, i, *results[-1:])
-                if self._stop_requested:
-                    return
-                should_stop, metric_value = self.check_criterion(lane, crit_result)
-
-            yield self.build_state(lane, i, metric_value, should_stop)
-            if should_stop:
-                lane.end_reason = "criterion_met"
-                return
-            if self._stop_requested or (max_iter and i == max_iter - 1):
-                return
-
-            lane.take_pending_config()
-            results = await self._collect(lane, i + 1, skip_environment_step)
+        return self._iterate(
+            lane,
+            max_iter,
+            skip_pre_loop,
+            step=lambda it: self._collect(lane, it, skip_environment_step),
+            # the test sees the policy the last update produced (nothing if none ran yet)
+            criterion_inputs=lambda results: tuple(results[-1:]),
+        )
 
 
 class SequentialReinforcementLearner(ReinforcementLearner):
