@@ -693,6 +693,14 @@ def _check_depth(value: Any) -> None:
             stack.extend((v, depth + 1) for v in x if type(v) in (dict, list))
 
 
+def _no_constants(token: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {token}")
+
+
+#: rose writes strict JSON (non-finite floats as markers), so NaN/Infinity tokens are refused.
+_JSON_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+
+
 def from_json_line(line: str | bytes) -> dict[str, Any]:
     """One JSON line → validated event (bounded like :func:`unpack`)."""
     if len(line) > MAX_EVENT_BYTES:
@@ -701,12 +709,14 @@ def from_json_line(line: str | bytes) -> dict[str, Any]:
     if not small:
         _check_json_items(line)
     try:
-        raw = json.loads(line)
-    except (ValueError, RecursionError) as exc:
+        text = line if isinstance(line, str) else line.decode("utf-8")
+        raw = _JSON_DECODER.decode(text)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise EventError(f"not a JSON event line: {str(exc)[:120]}") from exc
     if not small:
         _check_depth(raw)
-    return validate(_from_json(raw))
+    # Only a line holding a marker ("__repr__", "__ndarray__", ...) needs the marker walk.
+    return validate(_from_json(raw) if '"__' in text else raw)
 
 
 # ---------------------------------------------------------------- driving trackers

@@ -7,7 +7,6 @@ a JSON line.  Decoding is lazy, so duplicates cost no decode.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -15,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from rose.events import EventError, decode, from_json_line, json_line_is_small, validate
+from rose.events import EventError, decode, from_json_line, validate
 
 log = logging.getLogger(__name__)
 
@@ -174,28 +173,6 @@ def _copy(item: Item) -> Item:
 # ------------------------------------------------------------------ log files
 
 
-def _no_constants(token: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {token}")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_no_constants)
-
-
-def parse_line(text: str) -> dict[str, Any]:
-    """One JSONL event line → validated event (the strict JSON that rose writes).
-
-    Lines without escape markers (``"__``) skip the marker walk, the bulk of
-    the cost of :func:`rose.events.from_json_line`; the result is the same.
-    """
-    if '"__' in text or not json_line_is_small(text):  # large or deep: the bounded path
-        return from_json_line(text)
-    try:
-        raw = _DECODER.decode(text)
-    except (ValueError, RecursionError):
-        return from_json_line(text)  # raises EventError with the usual message
-    return validate(raw)
-
-
 class LogSource:
     """Events of JSONL logs (file-sink output, FileTracker logs, spools), file by file.
 
@@ -235,8 +212,8 @@ class LogSource:
                             log.warning("%s: ignoring a torn last line %d", path, lineno)
                         continue
                     try:
-                        text = raw.decode()
-                        event = parse_line(text)
+                        text = raw.decode()  # kept: the file sink writes replayed lines as they are
+                        event = from_json_line(text)
                     except (EventError, UnicodeDecodeError) as exc:
                         if raw.strip():
                             bad += 1

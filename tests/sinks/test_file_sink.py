@@ -11,12 +11,12 @@ import pytest
 
 from rose.cli import main as rose_main
 from rose.eventlog import read_events
-from rose.events import EventError, Repr, iteration_event, plain_equal, to_json_line
+from rose.events import EventError, Repr, from_json_line, iteration_event, plain_equal, to_json_line
 from rose.integrations.file_tracker import FileTracker
 from rose.tracking import EventContext, IterationState
 from sinks.file_sink import FileSink, repair_tail, run_log_path
 from sinks.runtime import SinkRuntime
-from sinks.sources import ListSource, LogSource, MemoryStore, parse_line
+from sinks.sources import ListSource, LogSource, MemoryStore
 from tests.sinks.helpers import RuntimeThread, fast_config, run_events, wait_until
 
 
@@ -71,14 +71,15 @@ def test_file_sink_from_msgpack_store(tmp_path):
     assert (tmp_path / "out" / "r2.jsonl").read_bytes() == in_process_log(tmp_path, events)
 
 
-def test_fast_line_parser_matches_the_reference():
+def test_line_decoder_is_lossless_and_strict():
     for e in run_events("r1", 2) + odd_events("r2"):
         line = to_json_line(e)
-        assert plain_equal(parse_line(line), e)
+        assert plain_equal(from_json_line(line), e)
+        assert plain_equal(from_json_line(line.encode()), e)  # bytes, as logs are read
     with pytest.raises(EventError):
-        parse_line('{"v":1,"run":"r","seq":0,"kind":"stop","ts":NaN,"body":{}}\n')
+        from_json_line('{"v":1,"run":"r","seq":0,"kind":"stop","ts":NaN,"body":{}}\n')
     with pytest.raises(EventError):
-        parse_line("[1, 2]\n")
+        from_json_line("[1, 2]\n")
 
 
 def test_restart_never_appends_what_the_file_holds(tmp_path):
