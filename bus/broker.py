@@ -31,7 +31,6 @@ use); ``rose bus`` runs it in the main thread of its own process.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import resource
@@ -64,6 +63,7 @@ from bus.wire import (
     parse_header,
 )
 from rose.events import RUN_ID_RE, SCHEMA_VERSION
+from rose.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -311,9 +311,7 @@ class Broker:
         }
         if self.curve is not None:
             info["curve_public_key"] = self.curve.public.decode()
-        tmp = self.bus_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        os.replace(tmp, self.bus_file)
+        atomic_write_json(self.bus_file, info, indent=2)  # people read it too
 
     def _close(self, ctx: zmq.Context | None, sockets: list[zmq.Socket]) -> None:
         for sock in sockets:

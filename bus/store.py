@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from bus.wire import WireError, decode_header, stored_header_prefix
+from rose.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +196,9 @@ class EventStore:
                 )
             return str(meta["store_id"])
         store_id = uuid.uuid4().hex
-        tmp = meta_path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps({"format": STORE_FORMAT, "version": STORE_VERSION, "store_id": store_id})
+        atomic_write_json(
+            meta_path, {"format": STORE_FORMAT, "version": STORE_VERSION, "store_id": store_id}
         )
-        os.replace(tmp, meta_path)
         _fsync_dir(self.dir)
         return store_id
 

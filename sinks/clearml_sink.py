@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from rose.events import EventError, check_run_id, from_json_line, to_json_line
+from rose.fileio import atomic_write_json, read_json
 from sinks.base import ApplyResult, RunSink, Sink
-from sinks.state import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 

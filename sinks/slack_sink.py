@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rose.events import check_run_id
+from rose.fileio import atomic_write_json, read_json
 from rose.integrations.slack_messages import RunMessages, SlackOptions, milestone_list
 from rose.integrations.slack_webhook import (
     DEFAULT_MIN_INTERVAL_S,
@@ -31,7 +32,6 @@ from rose.integrations.slack_webhook import (
     load_webhook_url,
 )
 from sinks.base import ApplyResult, RunSink, Sink
-from sinks.state import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,12 @@ torn one.  The lock keeps two sinks from sharing one checkpoint.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
+
+from rose.fileio import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -24,31 +25,6 @@ CHECKPOINT_VERSION = 1
 
 class StateDirBusy(RuntimeError):
     """Another live process holds this state directory."""
-
-
-def atomic_write_json(path: Path, obj: Any, *, fsync: bool = True) -> None:
-    """Replace ``path`` by ``obj`` as JSON in one rename; never leaves a torn file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any | None:
-    """The JSON content of ``path``, or None when it is missing or unreadable."""
-    try:
-        return json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable %s: %s", path, exc)
-        return None
 
 
 class StateDir:
