@@ -78,3 +78,25 @@ class BraninProblem:
     def test_mse(self) -> float:
         with self._lock:
             return float(np.mean((self.model.predict(self.x_test) - self.y_test) ** 2))
+
+
+def register_tasks(learner, problem: BraninProblem, threshold: float = 0.01) -> None:
+    """Register the pipeline of run_me.py on ``learner``: for the examples whose subject
+    is a tracker (MLflow, Slack, the bus), not the tasks."""
+    from rose.metrics import MEAN_SQUARED_ERROR_MSE
+
+    @learner.simulation_task(as_executable=False)
+    async def simulation(*args, **kwargs):
+        return problem.simulate()
+
+    @learner.training_task(as_executable=False, log_params={"model": "GP", "kernel": "C*RBF+White"})
+    async def training(*args, **kwargs):
+        return problem.train()
+
+    @learner.active_learn_task(as_executable=False, log_params={"batch": problem.batch})
+    async def active_learn(*args, **kwargs):
+        return problem.active_learn()
+
+    @learner.as_stop_criterion(MEAN_SQUARED_ERROR_MSE, threshold=threshold, as_executable=False)
+    async def check_mse(*args, **kwargs):
+        return problem.test_mse()

@@ -25,13 +25,12 @@ from pathlib import Path
 # The science problem is shared by every tracking example, one directory up.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from branin_problem import BraninProblem  # noqa: E402
+from branin_problem import BraninProblem, register_tasks  # noqa: E402
 from radical.asyncflow import WorkflowEngine  # noqa: E402
 from rhapsody.backends import ConcurrentExecutionBackend  # noqa: E402
 
 from rose.al import SequentialActiveLearner  # noqa: E402
 from rose.integrations.slack_tracker import SlackTracker  # noqa: E402
-from rose.metrics import MEAN_SQUARED_ERROR_MSE  # noqa: E402
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -48,24 +47,7 @@ async def main(args: argparse.Namespace) -> int:
     learner = SequentialActiveLearner(engine, run_name="branin-gp")
     problem = BraninProblem(seed=0)
 
-    # 1. Register tasks first
-    @learner.simulation_task(as_executable=False)
-    async def simulation(*a, **k):
-        return problem.simulate()
-
-    @learner.training_task(as_executable=False, log_params={"model": "GP", "kernel": "C*RBF+White"})
-    async def training(*a, **k):
-        return problem.train()
-
-    @learner.active_learn_task(as_executable=False, log_params={"batch": problem.batch})
-    async def active_learn(*a, **k):
-        return problem.active_learn()
-
-    @learner.as_stop_criterion(
-        metric_name=MEAN_SQUARED_ERROR_MSE, threshold=args.threshold, as_executable=False
-    )
-    async def check_mse(*a, **k):
-        return problem.test_mse()
+    register_tasks(learner, problem, args.threshold)  # 1. the tasks of run_me.py
 
     # 2. Attach the tracker: on_start(manifest) fires here (and posts the start message)
     learner.add_tracker(tracker)
