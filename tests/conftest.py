@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -64,3 +65,24 @@ class Recorder(TrackerBase):
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
+
+
+async def wait_for_stop(rec: Recorder, bound: float = 5.0) -> None:
+    """After a break, asyncio's finalizer closes the generator: give it a few turns."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound
+    while rec.stop_reason is None and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+
+
+class Exploding(TrackerBase):
+    """A tracker that raises in every callback."""
+
+    def on_start(self, manifest) -> None:
+        raise RuntimeError("start boom")
+
+    def on_iteration(self, state) -> None:
+        raise RuntimeError("iteration boom")
+
+    def on_stop(self, final_state, reason) -> None:
+        raise RuntimeError("stop boom")

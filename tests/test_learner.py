@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 
 import pytest
 
-from rose import LearnerConfig, TaskConfig, TrackerBase
+from rose import LearnerConfig, TaskConfig
 from rose.al import ParallelActiveLearner, SequentialActiveLearner
 from rose.metrics import MEAN_SQUARED_ERROR_MSE, MODEL_ACCURACY
-from tests.conftest import Recorder
+from tests.conftest import Exploding, Recorder, wait_for_stop
 
 
 def build(engine, cls=SequentialActiveLearner, mse=None, criterion=True, **kw):
@@ -43,14 +42,6 @@ def build(engine, cls=SequentialActiveLearner, mse=None, criterion=True, **kw):
 
     learner.calls = calls
     return learner
-
-
-async def wait_for_stop(rec: Recorder, bound: float = 5.0) -> None:
-    """The generator is closed by asyncio's finalizer after a break: give it a few turns."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + bound
-    while rec.stop_reason is None and loop.time() < deadline:
-        await asyncio.sleep(0.01)
 
 
 async def test_sequential_runs_to_criterion(engine, recorder):
@@ -310,17 +301,6 @@ async def test_teach_is_a_deprecated_wrapper(engine):
     with pytest.warns(DeprecationWarning):
         final = await learner.teach(max_iter=2)
     assert final.iteration == 1
-
-
-class Exploding(TrackerBase):
-    def on_start(self, manifest):
-        raise RuntimeError("start boom")
-
-    def on_iteration(self, state):
-        raise RuntimeError("iteration boom")
-
-    def on_stop(self, final_state, reason):
-        raise RuntimeError("stop boom")
 
 
 @pytest.mark.parametrize("cls", [SequentialActiveLearner, ParallelActiveLearner])

@@ -3,14 +3,13 @@ signature, stop reasons, learner_id stamping, manifests, experience merging, tra
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 
 import numpy as np
 import pytest
 
-from rose import LearnerConfig, TaskConfig, TrackerBase
+from rose import LearnerConfig, TaskConfig
 from rose.metrics import REWARD
 from rose.rl import (
     ExperienceBank,
@@ -19,7 +18,7 @@ from rose.rl import (
     SequentialReinforcementLearner,
     merge_banks,
 )
-from tests.conftest import Recorder
+from tests.conftest import Exploding, Recorder, wait_for_stop
 
 
 def build(engine, cls=SequentialReinforcementLearner, rewards=None, criterion=True, **kw):
@@ -65,25 +64,6 @@ def lane_configs(n: int) -> list[LearnerConfig]:
         )
         for i in range(n)
     ]
-
-
-async def wait_for_stop(rec: Recorder, bound: float = 5.0) -> None:
-    """After a break, asyncio's finalizer closes the generator: give it a few turns."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + bound
-    while rec.stop_reason is None and loop.time() < deadline:
-        await asyncio.sleep(0.01)
-
-
-class Exploding(TrackerBase):
-    def on_start(self, manifest):
-        raise RuntimeError("start boom")
-
-    def on_iteration(self, state):
-        raise RuntimeError("iteration boom")
-
-    def on_stop(self, final_state, reason):
-        raise RuntimeError("stop boom")
 
 
 # ---------------------------------------------------------------- sequential

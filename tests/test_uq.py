@@ -3,13 +3,12 @@ signature, stop reasons, learner_id names, manifests, configs, tracker isolation
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter
 
 import pytest
 
-from rose import TaskConfig, TrackerBase
+from rose import TaskConfig
 from rose.metrics import MEAN_SQUARED_ERROR_MSE, PREDICTIVE_VARIANCE
 from rose.uq import (
     MODEL_NAME_KWARG,
@@ -18,7 +17,7 @@ from rose.uq import (
     SeqUQLearner,
     UQLearnerConfig,
 )
-from tests.conftest import Recorder
+from tests.conftest import Exploding, Recorder, wait_for_stop
 
 
 def build(engine, cls=SeqUQLearner, uq=None, mse=None, uncertainty=True, criterion=True, **kw):
@@ -89,25 +88,6 @@ def configs_for(*names: str) -> dict[str, UQLearnerConfig]:
         )
         for n in names
     }
-
-
-async def wait_for_stop(rec: Recorder, bound: float = 5.0) -> None:
-    """After a break, asyncio's finalizer closes the generator: give it a few turns."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + bound
-    while rec.stop_reason is None and loop.time() < deadline:
-        await asyncio.sleep(0.01)
-
-
-class Exploding(TrackerBase):
-    def on_start(self, manifest):
-        raise RuntimeError("start boom")
-
-    def on_iteration(self, state):
-        raise RuntimeError("iteration boom")
-
-    def on_stop(self, final_state, reason):
-        raise RuntimeError("stop boom")
 
 
 # ---------------------------------------------------------------- sequential
