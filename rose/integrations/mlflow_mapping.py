@@ -242,7 +242,7 @@ def iteration_entities(
             continue
         metrics.setdefault(mlflow_key(prefix + key), number)
     for role, key, value in config_entries(body.get("current_config")):
-        k = mlflow_key(prefix + config_name(role, key))
+        k = mlflow_key(config_name(role, key, prefix))
         number = numeric(value)
         if number is not None:
             metrics.setdefault(k, number)

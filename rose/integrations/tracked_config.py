@@ -40,8 +40,8 @@ def config_entries(current_config: dict[str, Any] | None) -> Iterator[tuple[str,
             yield role, str(key), value
 
 
-def config_name(role: str, key: str) -> str:
-    """``config/<role>/<key>``, ``rose.``-prefixed for the roles ROSE 0.3 does not record."""
-    prefix = "" if role in CONFIG_ROLES else EXTRA_ROLE_PREFIX
-    return f"{prefix}config/{role}/{key}"
-
+def config_name(role: str, key: str, learner_prefix: str = "") -> str:
+    """``<learner_prefix>config/<role>/<key>``; a role ROSE 0.3 does not record gets
+    ``rose.`` in front of it all, so that every addition starts with ``rose.``."""
+    name = f"{learner_prefix}config/{role}/{key}"
+    return name if role in CONFIG_ROLES else EXTRA_ROLE_PREFIX + name
