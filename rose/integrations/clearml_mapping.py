@@ -144,6 +144,21 @@ def series_name(learner_id: int | str | None, learner_names: Sequence[str] | Non
     return str(learner_id)
 
 
+def previous_series_name(
+    learner_id: int | str | None, title: str, learner_names: Sequence[str] | None = None
+) -> str:
+    """The series the previous layout gave a scalar: the title when sequential, ``learner-<i>``.
+
+    Only for a sink that resumes a run an older version was writing, so a
+    scalar it already holds under that name is not written again.
+    """
+    if learner_id is None:
+        return title
+    if isinstance(learner_id, int) and not (learner_names and 0 <= learner_id < len(learner_names)):
+        return f"learner-{learner_id}"
+    return series_name(learner_id, learner_names)
+
+
 def _number(value: Any) -> float | None:
     if not isinstance(value, (bool, int, float)):
         return None
