@@ -20,7 +20,6 @@ from sinks.sources import LogSource  # noqa: E402
 from tests.mlflow.helpers import mlflow_content, sqlite_uri  # noqa: E402
 from tests.rose03_layout import OPERATOR_HERE, RUNS  # noqa: E402
 
-EXP = "rose03-layout"
 ORIGIN_TAGS = {"rose.run_id", "rose.host", "rose.pid", "rose.version", "rose.next_seq"}
 
 
@@ -40,19 +39,28 @@ def layout(run: dict) -> tuple[dict, dict[str, set[str]]]:
     return upstream, {"params": extra_params, "tags": extra_tags, "metrics": extra_metrics}
 
 
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> tuple[str, str]:
+    """An in-process and a replay store shared by the three runs (one experiment each):
+    creating an MLflow SQLite schema costs seconds."""
+    root = tmp_path_factory.mktemp("rose03-mlflow")
+    return sqlite_uri(root / "inproc.db"), sqlite_uri(root / "replay.db")
+
+
 @pytest.mark.parametrize("name", sorted(RUNS))
-async def test_run_is_laid_out_as_rose03_writes_it(name, engine, tmp_path):
+async def test_run_is_laid_out_as_rose03_writes_it(name, engine, tmp_path, stores):
     spec = RUNS[name]
-    inproc_uri = sqlite_uri(tmp_path / "inproc.db")
+    inproc_uri, replay_uri = stores
+    exp = f"rose03-{name}"
     logs = tmp_path / "logs"
     logs.mkdir()
 
     def add_trackers(learner):
         learner.add_tracker(FileTracker(logs))
-        learner.add_tracker(MLflowTracker(EXP, tracking_uri=inproc_uri))
+        learner.add_tracker(MLflowTracker(exp, tracking_uri=inproc_uri))
 
     run = await spec.run(engine, add_trackers)
-    inproc = mlflow_content(inproc_uri, EXP)[run]
+    inproc = mlflow_content(inproc_uri, exp)[run]
     upstream, extra = layout(inproc)
 
     expected = {**spec.mlflow, "params": {**spec.mlflow["params"]}}
@@ -68,9 +76,8 @@ async def test_run_is_laid_out_as_rose03_writes_it(name, engine, tmp_path):
 
     # The MLflow sink writes the same run from the event log (what `rose replay --into
     # mlflow` and a bus sink do).
-    replay_uri = sqlite_uri(tmp_path / "replay.db")
     config = RuntimeConfig(retry_initial_ms=10, retry_max_ms=50, max_attempts=20)
-    sink = MLflowSink(replay_uri, EXP)
+    sink = MLflowSink(replay_uri, exp)
     counters = SinkRuntime(sink, LogSource(sorted(logs.glob("*.jsonl"))), config=config).run()
     assert counters.failed == 0
-    assert mlflow_content(replay_uri, EXP)[run] == inproc
+    assert mlflow_content(replay_uri, exp)[run] == inproc
