@@ -364,12 +364,13 @@ class _Worker:
         for event in events:
             # Only scalars are not set-like: skip those a crashed attempt already wrote.
             replayed = inflight is not None and inflight[0] <= event["seq"] <= inflight[1]
+            lid = event["body"].get("learner_id")
             for op in event_ops(event, self.writer.learner_names):
                 if (
                     replayed
                     and isinstance(op, Scalar)
                     and self._present is not None
-                    and (op.title, op.series, op.iteration) in self._present
+                    and self._holds(op, lid)
                 ):
                     continue
                 self.writer.perform(op)
@@ -383,6 +384,14 @@ class _Worker:
         self._present = None
         self._save()
         return {"ok": True, "next_seq": self.journal["next_seq"]}
+
+    def _holds(self, op: Any, learner_id: Any) -> bool:
+        """The task has this scalar, under its name or the one an older version gave it."""
+        from rose.integrations.clearml_mapping import previous_series_name
+
+        assert self._present is not None
+        old = previous_series_name(learner_id, op.title, self.writer.learner_names)
+        return any((op.title, s, op.iteration) in self._present for s in (op.series, old))
 
     def flush(self) -> None:
         if self.writer is not None:

@@ -9,18 +9,27 @@ The mapping is split in two so that both halves can be reasoned about alone:
   replay and the in-process tracker write the same thing.
 * :class:`ClearMLWriter` performs those operations on a ClearML ``Task``.
 
-What lands where:
+The layout is ROSE 0.3's (docs/compat.md); what this project adds is in the
+hyperparameter section ``rose`` and the tag ``rose``:
 
-* ``start``: the manifest, flattened, as the connected hyperparameter section
-  ``manifest``; the run id and its origin as section ``rose``; tag ``rose``.
-* ``iteration``: one scalar per numeric metric/state key (the graph title),
-  one series per learner (``learner_names[i]`` for an int learner id when
-  given, the id itself for named learners, the title for sequential runs);
-  string state values and the task configuration as parameters in section
-  ``config``.
-* ``stop``: tags ``stop:<reason>`` and ``final_iteration:<n>``, the same in
-  section ``rose``; on ``error`` also tag ``failed``, a comment, and
-  ``mark_failed`` (which ClearML ignores offline, hence the tag and comment).
+* ``start``: hyperparameters in the default section (``General``):
+  ``learner_type``, ``parallel_learners``, ``criterion/metric_name`` /
+  ``threshold`` / ``operator``, ``task/<task>/as_executable`` and
+  ``task/<task>/<key>`` per ``log_params`` entry.  Section ``rose``: the run
+  id (``run``), its origin (``origin/*``) and the criterion's own
+  ``task/criterion/*``.  Tag ``rose``.
+* ``iteration``: one scalar per number (the graph title: the criterion
+  metric, or ``metric`` when it has no name; each numeric state value;
+  numeric config kwargs as ``config/<task>/<key>``, see
+  :mod:`rose.integrations.tracked_config`); the series is ``value`` for a
+  sequential run, the learner's name for a parallel one
+  (``learner_names[i]`` for learner ``i`` when given, else the id as text).
+  String config kwargs go to section ``current_config`` as ``<task>/<key>``.
+* ``stop``: tags ``stop:<reason>`` and, when the last state is a sequential
+  run's, ``final_iter:<n>``; section ``rose`` holds ``stop_reason``,
+  ``final_iteration`` and (parallel runs) ``final_learner``.  On ``error``
+  also a comment and ``mark_failed`` (which ClearML ignores offline, hence
+  the comment).
 
 ``clearml`` is imported only by :func:`init_task`, so building operations
 costs nothing.
@@ -34,6 +43,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from rose.integrations.tracked_config import (
+    CONFIG_ROLES,
+    EXTRA_ROLE_PREFIX,
+    config_entries,
+    config_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +98,9 @@ MAX_PARAM_CHARS = 1000
 
 @dataclass(frozen=True)
 class Params:
-    """Hyperparameters of one section, connected (set) on the task."""
+    """Hyperparameters of one section (None: ClearML's default one), connected on the task."""
 
-    section: str
+    section: str | None
     values: dict[str, Any]
 
 
@@ -113,106 +129,111 @@ class Failed:
 
 Op = Params | Scalar | Tags | Comment | Failed
 
+#: The series of a sequential run's scalars.
+SEQUENTIAL_SERIES = "value"
+ROSE_SECTION = "rose"
+CONFIG_SECTION = "current_config"
 
-def series_name(
-    learner_id: int | str | None, title: str, learner_names: Sequence[str] | None = None
-) -> str:
-    """The series of one learner: its name, ``learner-<i>``, or ``title`` when sequential."""
+
+def series_name(learner_id: int | str | None, learner_names: Sequence[str] | None = None) -> str:
+    """The series of one learner: ``value`` when sequential, its name, or its id as text."""
     if learner_id is None:
-        return title
+        return SEQUENTIAL_SERIES
     if isinstance(learner_id, int) and learner_names and 0 <= learner_id < len(learner_names):
         return str(learner_names[learner_id])
-    if isinstance(learner_id, int):
-        return f"learner-{learner_id}"
     return str(learner_id)
 
 
-def _learner_label(learner_id: int | str | None, learner_names: Sequence[str] | None) -> str:
-    return "" if learner_id is None else series_name(learner_id, "", learner_names)
+def previous_series_name(
+    learner_id: int | str | None, title: str, learner_names: Sequence[str] | None = None
+) -> str:
+    """The series the previous layout gave a scalar: the title when sequential, ``learner-<i>``.
+
+    Only for a sink that resumes a run an older version was writing, so a
+    scalar it already holds under that name is not written again.
+    """
+    if learner_id is None:
+        return title
+    if isinstance(learner_id, int) and not (learner_names and 0 <= learner_id < len(learner_names)):
+        return f"learner-{learner_id}"
+    return series_name(learner_id, learner_names)
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not isinstance(value, (bool, int, float)):
         return None
     value = float(value)
     return value if math.isfinite(value) else None
 
 
 def _param_value(value: Any) -> Any:
-    """What ClearML can store as a parameter: scalars as they are, the rest as text."""
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
+    """What ClearML can store as a parameter: scalars as they are, maps (ClearML flattens
+    them to ``a/b``) and lists of scalars too, the rest as text."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value[:MAX_PARAM_CHARS] if isinstance(value, str) else value
+    if isinstance(value, dict) and value:
+        return {str(k): _param_value(v) for k, v in value.items()}
+    if isinstance(value, list) and all(
+        v is None or isinstance(v, (bool, int, float, str)) for v in value
+    ):
+        return list(value)
     text = value.hex() if isinstance(value, bytes) else str(value)
     return text[:MAX_PARAM_CHARS]
 
 
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested maps → ``a/b/c`` keys (ClearML's own separator), leaves as parameter values."""
-    if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(flatten(v, f"{prefix}/{k}" if prefix else str(k)))
-        return out
-    return {prefix or "value": _param_value(value)}
-
-
-def _manifest_params(body: dict[str, Any]) -> dict[str, Any]:
+def _manifest_params(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The default section's hyperparameters, and the criterion's own ones for section rose."""
+    crit = body.get("criterion")
     flat: dict[str, Any] = {
         "learner_type": body["learner_type"],
-        "parallel_count": body.get("parallel_count"),
+        "parallel_learners": body.get("parallel_count"),
+        "criterion/metric_name": crit["metric_name"] if crit else None,
+        "criterion/threshold": crit["threshold"] if crit else None,
+        "criterion/operator": crit["operator"] if crit else None,
     }
     for name, task in body["tasks"].items():
-        flat[f"tasks/{name}/func"] = f"{task['func_module']}.{task['func_name']}"
-        flat[f"tasks/{name}/as_executable"] = task["as_executable"]
-        flat.update(
-            flatten(task["log_params"], f"tasks/{name}/log_params") if task["log_params"] else {}
-        )
-    crit = body.get("criterion")
-    if crit is not None:
-        flat["criterion/func"] = f"{crit['func_module']}.{crit['func_name']}"
-        flat["criterion/metric_name"] = crit["metric_name"]
-        flat["criterion/threshold"] = crit["threshold"]
-        flat["criterion/operator"] = crit["operator"]
-        if crit["log_params"]:
-            flat.update(flatten(crit["log_params"], "criterion/log_params"))
-    return {k: _param_value(v) for k, v in flat.items()}
+        flat[f"task/{name}/as_executable"] = task["as_executable"]
+        for key, value in (task["log_params"] or {}).items():
+            flat[f"task/{name}/{key}"] = value
+    extra: dict[str, Any] = {}
+    if crit:
+        extra["task/criterion/as_executable"] = crit["as_executable"]
+        for key, value in (crit["log_params"] or {}).items():
+            extra[f"task/criterion/{key}"] = value
+    return (
+        {k: _param_value(v) for k, v in flat.items()},
+        {k: _param_value(v) for k, v in extra.items()},
+    )
 
 
 def _iteration_ops(body: dict[str, Any], learner_names: Sequence[str] | None) -> list[Op]:
     it = body["iteration"]
-    lid = body.get("learner_id")
+    series = series_name(body.get("learner_id"), learner_names)
     ops: list[Op] = []
     metric = _number(body.get("metric_value"))
-    if body.get("metric_name") and metric is not None:
-        title = body["metric_name"]
-        ops.append(Scalar(title, series_name(lid, title, learner_names), metric, it))
-    config: dict[str, Any] = {}
-    label = _learner_label(lid, learner_names)
-    prefix = f"{label}/" if label else ""
-    for key, value in flatten_state(body.get("state") or {}).items():
+    if metric is not None:
+        ops.append(Scalar(body.get("metric_name") or "metric", series, metric, it))
+    for key, value in (body.get("state") or {}).items():
         number = _number(value)
         if number is not None:
-            ops.append(Scalar(key, series_name(lid, key, learner_names), number, it))
+            ops.append(Scalar(key, series, number, it))
+    strings: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for role, key, value in config_entries(body.get("current_config")):
+        number = _number(value)
+        name = config_name(role, key)
+        if number is not None:
+            ops.append(Scalar(name, series, number, it))
         elif isinstance(value, str):
-            config[f"{prefix}state/{key}"] = _param_value(value)
-    if body.get("current_config"):
-        for key, value in flatten(body["current_config"]).items():
-            config[f"{prefix}{key}"] = value
-    if config:
-        ops.append(Params("config", config))
+            if role in CONFIG_ROLES:
+                strings[f"{role}/{key}"] = _param_value(value)
+            else:
+                extra[name.removeprefix(EXTRA_ROLE_PREFIX)] = _param_value(value)
+    if strings:
+        ops.append(Params(CONFIG_SECTION, strings))
+    if extra:
+        ops.append(Params(ROSE_SECTION, extra))
     return ops
-
-
-def flatten_state(state: dict[str, Any]) -> dict[str, Any]:
-    """State keys to report: nested maps become ``a/b`` keys, other leaves stay as they are."""
-    out: dict[str, Any] = {}
-    for key, value in state.items():
-        if isinstance(value, dict) and value:
-            for sub, leaf in flatten_state(value).items():
-                out[f"{key}/{sub}"] = leaf
-        else:
-            out[str(key)] = value
-    return out
 
 
 def _stop_ops(event: dict[str, Any]) -> list[Op]:
@@ -220,15 +241,17 @@ def _stop_ops(event: dict[str, Any]) -> list[Op]:
     reason = body["reason"]
     final = body.get("final_state")
     final_it = final["iteration"] if final is not None else None
-    tags = [f"stop:{reason}", f"final_iteration:{final_it if final_it is not None else 'none'}"]
-    ops: list[Op] = [Params("rose", {"stop_reason": reason, "final_iteration": final_it})]
+    rose: dict[str, Any] = {"stop_reason": reason, "final_iteration": final_it}
+    ops: list[Op] = [Tags((f"stop:{reason}",))]
+    if final is not None and final.get("learner_id") is None:
+        ops.append(Tags((f"final_iter:{final_it}",)))
+    elif final is not None:
+        rose["final_learner"] = _param_value(final["learner_id"])
+    ops.insert(0, Params(ROSE_SECTION, rose))
     if reason == "error":
         where = f"at iteration {final_it}" if final_it is not None else "before its first iteration"
         text = f"ROSE run {event['run']} failed {where} (stop reason: error)"
-        tags.append("failed")
-        ops += [Tags(tuple(tags)), Comment(text), Failed(text)]
-    else:
-        ops.append(Tags(tuple(tags)))
+        ops += [Comment(text), Failed(text)]
     return ops
 
 
@@ -237,9 +260,11 @@ def event_ops(event: dict[str, Any], learner_names: Sequence[str] | None = None)
     kind = event["kind"]
     if kind == "start":
         origin = {k: _param_value(v) for k, v in (event.get("origin") or {}).items()}
+        general, criterion = _manifest_params(event["body"])
+        rose = {"run": event["run"], **{f"origin/{k}": v for k, v in origin.items()}}
         return [
-            Params("manifest", _manifest_params(event["body"])),
-            Params("rose", {"run": event["run"], **{f"origin/{k}": v for k, v in origin.items()}}),
+            Params(None, general),
+            Params(ROSE_SECTION, {**rose, **criterion}),
             Tags(("rose",)),
         ]
     if kind == "iteration":
@@ -309,7 +334,7 @@ class ClearMLWriter:
         self.learner_names = list(learner_names) if learner_names else None
         self.failed: str | None = None
         self._logger = task.get_logger()
-        self._params: dict[str, dict[str, Any]] = {}
+        self._params: dict[str | None, dict[str, Any]] = {}
 
     def apply(self, event: dict[str, Any]) -> None:
         for op in event_ops(event, self.learner_names):
@@ -324,7 +349,10 @@ class ClearMLWriter:
             known = self._params.setdefault(op.section, {})
             changed = {k: v for k, v in op.values.items() if k not in known or known[k] != v}
             if changed:  # re-setting an unchanged parameter would only rewrite the task
-                self.task.connect(dict(changed), name=op.section)
+                if op.section is None:
+                    self.task.connect(dict(changed))
+                else:
+                    self.task.connect(dict(changed), name=op.section)
                 known.update(changed)
         elif isinstance(op, Tags):
             self.task.add_tags(list(op.tags))

@@ -1,7 +1,5 @@
 """ClearMLTracker: a run as one ClearML task, written in the learner's process.
 
-    pip install rose[clearml]
-
     learner.add_tracker(ClearMLTracker(project_name="ROSE-Materials-UQ",
                                        task_name="ensemble-run-01"))
 
@@ -11,6 +9,8 @@ uses, so this tracker, the sink and a replay produce the same task).  ClearML
 allows one open task per process: one ClearMLTracker run at a time here; for
 many concurrent runs, publish with ``bus.BusTracker`` and run
 ``rose sink clearml``.  Offline (no server): ``CLEARML_OFFLINE_MODE=1``.
+Needs the ``clearml`` extra; without it the constructor raises ImportError
+with the install command (:mod:`rose.extras`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rose.events import EventTracker
+from rose.extras import require
 from rose.integrations.clearml_mapping import INHERITED_ENV, ClearMLWriter, init_task
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class ClearMLTracker(EventTracker):
         learner_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        require("clearml", "clearml", "ClearMLTracker")  # here, not later inside add_tracker()
         if not project_name or not task_name:
             raise ValueError("ClearMLTracker needs a project_name and a task_name")
         self.project_name = project_name

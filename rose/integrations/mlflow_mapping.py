@@ -7,26 +7,32 @@ in-process tracker applies one event at a time; the sink applies hundreds
 per call.  Because both go through :func:`plan`, an MLflow run has the same
 content whichever path filled it.
 
-What goes where:
+The layout is ROSE 0.3's (docs/compat.md), so searches and dashboards keyed
+on its names keep working; what this project adds is named ``rose.*``:
 
-* params (start): ``learner_type``, ``parallel_learners`` (parallel learners
-  only), ``criterion.metric`` / ``.threshold`` / ``.operator``, and per task
-  ``<task>.as_executable`` and ``<task>.<key>`` for each ``log_params`` entry
-  (nested dicts flattened with ``.``).  ``decor_kwargs`` never reach events.
+* params (start): ``learner_type``, ``parallel_learners``,
+  ``criterion/metric_name`` / ``criterion/threshold`` / ``criterion/operator``,
+  and per task ``task.<task>.as_executable`` and ``task.<task>.<key>`` for
+  each ``log_params`` entry; ``None`` is logged as ``"None"``, a nested value
+  as its text.  The criterion's own ``as_executable`` and ``log_params`` are
+  ``rose.task.criterion.*``.  ``decor_kwargs`` never reach events.
 * metrics (iteration), ``step`` = iteration, ``timestamp`` = the event's emit
-  time: the criterion metric, every numeric state value (nested dicts
-  flattened with ``/``), numeric ``current_config`` kwargs as
-  ``config/<task>/<key>``; all prefixed ``<learner_id>/`` for parallel learners.
-* tags: string ``current_config`` kwargs (same keys as the config metrics),
-  ``stop_reason`` and ``final_iteration`` (stop), ``rose.run_id`` and the
+  time: the criterion metric (``metric`` when it has no name), every numeric
+  state value, numeric config kwargs as
+  ``config/<task>/<key>`` (see :mod:`rose.integrations.tracked_config`); all
+  prefixed ``<learner_id>/`` for parallel learners.
+* tags: string config kwargs (same names as the config metrics),
+  ``stop_reason``, and ``final_iteration`` when the last state is a
+  sequential run's; a parallel run's last state (one learner's) is
+  ``rose.final_iteration`` / ``rose.final_learner``.  ``rose.run_id`` and the
   run's origin (``rose.host``, ``rose.pid``, ``rose.version``, ``mlflow.user``).
 * status: FINISHED, or FAILED when the stop reason is ``error``; end time =
   the stop event's emit time.
 
 Values, deliberately: bools are metrics 0/1; NaN and ±inf are logged as they
 are (MLflow keeps NaN, and its SQL store saves ±inf as ±max double); a size-1
-numeric array counts as its element; strings, None, lists, other arrays and
-``Repr`` values in ``state`` are not metrics and are reported in
+numeric array counts as its element; strings, None, lists, maps, other arrays
+and ``Repr`` values in ``state`` are not metrics and are reported in
 ``RunUpdate.skipped``.  Keys are made valid MLflow names (other characters
 become ``_``; ``.``/``..``/empty path segments become ``_``).
 
@@ -40,16 +46,21 @@ MLflow's SQL store treats as already present.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 
+from rose.integrations.tracked_config import config_entries, config_name
+
 RUN_ID_TAG = "rose.run_id"
 POSITION_TAG = "rose.next_seq"
 RUN_NAME_TAG = "mlflow.runName"
+#: A parallel run's last state: its iteration and learner (``final_iteration`` is sequential).
+FINAL_ITERATION_TAG = "rose.final_iteration"
+FINAL_LEARNER_TAG = "rose.final_learner"
 
 #: MLflow's per-call limits (mlflow.utils.validation).
 MAX_METRICS_PER_CALL = 1000
@@ -61,7 +72,6 @@ MAX_CALL_BYTES = 800_000
 MAX_KEY_CHARS = 250
 MAX_PARAM_CHARS = 6000
 MAX_TAG_CHARS = 8000
-MAX_FLATTEN_DEPTH = 8
 
 _BAD_CHARS = re.compile(r"[^\w.\- :/]")
 _METRIC_OVERHEAD_BYTES = 48  # value, timestamp, step as JSON, roughly
@@ -156,14 +166,6 @@ def text(value: Any, limit: int) -> str:
     return str(value)[:limit]
 
 
-def _flatten(prefix: str, value: Any, sep: str, depth: int = 0) -> Iterator[tuple[str, Any]]:
-    if isinstance(value, dict) and (value or not prefix) and depth < MAX_FLATTEN_DEPTH:
-        for k, v in value.items():
-            yield from _flatten(f"{prefix}{sep}{k}" if prefix else str(k), v, sep, depth + 1)
-    else:
-        yield prefix, value  # an empty nested dict stays a value
-
-
 def ms(ts: float) -> int:
     """Event time (unix seconds) as MLflow's milliseconds."""
     return int(round(ts * 1000))
@@ -197,25 +199,26 @@ def origin_tags(origin: dict[str, Any]) -> list[RunTag]:
 
 def manifest_params(body: dict[str, Any]) -> list[Param]:
     """The run's params from a start event's manifest body."""
-    params: dict[str, str] = {"learner_type": text(body.get("learner_type"), MAX_PARAM_CHARS)}
-    if body.get("parallel_count") is not None:
-        params["parallel_learners"] = text(body["parallel_count"], MAX_PARAM_CHARS)
     crit = body.get("criterion")
+    params: dict[str, Any] = {
+        "learner_type": body.get("learner_type"),
+        "parallel_learners": body.get("parallel_count"),
+        "criterion/metric_name": crit.get("metric_name") if crit else None,
+        "criterion/threshold": crit.get("threshold") if crit else None,
+        "criterion/operator": crit.get("operator") if crit else None,
+    }
+    tasks = [(f"task.{name}", task) for name, task in (body.get("tasks") or {}).items()]
     if crit:
-        params["criterion.metric"] = text(crit.get("metric_name"), MAX_PARAM_CHARS)
-        params["criterion.threshold"] = text(crit.get("threshold"), MAX_PARAM_CHARS)
-        params["criterion.operator"] = text(crit.get("operator"), MAX_PARAM_CHARS)
-    tasks = dict(body.get("tasks") or {})
-    if crit:
-        tasks["criterion"] = crit
-    for name, task in tasks.items():
-        for key, value in _flatten("", task.get("log_params") or {}, "."):
-            params.setdefault(mlflow_key(f"{name}.{key}"), text(value, MAX_PARAM_CHARS))
-        # The manifest's own flag wins over a log_params entry of the same name.
-        params[mlflow_key(f"{name}.as_executable")] = text(
-            task.get("as_executable"), MAX_PARAM_CHARS
-        )
-    return [Param(k, v) for k, v in params.items()]
+        tasks.append(("rose.task.criterion", crit))
+    for prefix, task in tasks:
+        params[f"{prefix}.as_executable"] = task.get("as_executable")
+        for key, value in (task.get("log_params") or {}).items():
+            params[f"{prefix}.{key}"] = value
+    out: dict[str, Param] = {}
+    for key, value in params.items():
+        name = mlflow_key(key)
+        out.setdefault(name, Param(name, text(value, MAX_PARAM_CHARS)))
+    return list(out.values())
 
 
 def iteration_entities(
@@ -229,29 +232,40 @@ def iteration_entities(
     tags: dict[str, str] = {}
     skipped: list[str] = []
 
-    name, value = body.get("metric_name"), body.get("metric_value")
-    if name and numeric(value) is not None:
-        metrics[mlflow_key(prefix + name)] = numeric(value)  # type: ignore[assignment]
-    for key, value in _flatten("", body.get("state") or {}, "/"):
+    value = numeric(body.get("metric_value"))
+    if value is not None:
+        metrics[mlflow_key(prefix + (body.get("metric_name") or "metric"))] = value
+    for key, value in (body.get("state") or {}).items():
         number = numeric(value)
         if number is None:
             skipped.append(f"{prefix}{key}: {type(value).__name__}")
             continue
         metrics.setdefault(mlflow_key(prefix + key), number)
-    for task, config in (body.get("current_config") or {}).items():
-        kwargs = config.get("kwargs") if isinstance(config, dict) else None
-        for key, value in _flatten("", kwargs or {}, "/"):
-            k = mlflow_key(f"{prefix}config/{task}/{key}")
-            number = numeric(value)
-            if number is not None:
-                metrics.setdefault(k, number)
-            elif isinstance(value, str):
-                tags[k] = value[:MAX_TAG_CHARS]
+    for role, key, value in config_entries(body.get("current_config")):
+        k = mlflow_key(config_name(role, key, prefix))
+        number = numeric(value)
+        if number is not None:
+            metrics.setdefault(k, number)
+        elif isinstance(value, str):
+            tags[k] = value[:MAX_TAG_CHARS]
     return (
         [Metric(k, v, timestamp, step) for k, v in metrics.items()],
         [RunTag(k, v) for k, v in tags.items()],
         skipped,
     )
+
+
+def final_tags(final: dict[str, Any] | None) -> list[RunTag]:
+    """Where the run ended: ``final_iteration`` of a sequential run, ``rose.*`` of a parallel one."""
+    if final is None:
+        return []
+    iteration = str(final["iteration"])
+    if final.get("learner_id") is None:
+        return [RunTag("final_iteration", iteration)]
+    return [
+        RunTag(FINAL_ITERATION_TAG, iteration),
+        RunTag(FINAL_LEARNER_TAG, text(final["learner_id"], MAX_TAG_CHARS)),
+    ]
 
 
 def event_update(event: dict[str, Any]) -> RunUpdate:
@@ -264,10 +278,7 @@ def event_update(event: dict[str, Any]) -> RunUpdate:
         metrics, tags, skipped = iteration_entities(body, ms(event["ts"]))
         return RunUpdate(metrics=metrics, tags=tags, skipped=skipped)
     reason = body["reason"]
-    final = body.get("final_state")
-    tags = [RunTag("stop_reason", reason)]
-    if final is not None:
-        tags.append(RunTag("final_iteration", str(final["iteration"])))
+    tags = [RunTag("stop_reason", reason), *final_tags(body.get("final_state"))]
     return RunUpdate(
         tags=tags,
         status="FAILED" if reason == "error" else "FINISHED",

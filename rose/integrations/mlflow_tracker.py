@@ -1,7 +1,5 @@
 """MLflowTracker: a learner's run as an MLflow run, logged from inside the learner.
 
-    pip install rose[mlflow]
-
     from rose.integrations.mlflow_tracker import MLflowTracker
     learner.add_tracker(MLflowTracker(experiment_name="surrogate-v1", run_name="gp-adaptive-kernel"))
 
@@ -10,7 +8,9 @@ Params come from the pipeline manifest, metrics from every iteration
 the run ends FINISHED (FAILED on error); see
 :mod:`rose.integrations.mlflow_mapping` for the exact mapping, which the
 MLflow sink (``rose sink mlflow``) shares, so a run tracked here, through the
-bus, or replayed from its event log looks the same in MLflow.
+bus, or replayed from its event log looks the same in MLflow.  Needs the
+``mlflow`` extra; without it the constructor raises ImportError with the
+install command (:mod:`rose.extras`).
 
 Each iteration costs one ``log_batch`` round trip inside the learner (about
 10 ms on SQLite).  A failed call raises (the learner logs it and carries on)
@@ -21,12 +21,13 @@ run ``rose sink mlflow`` on the login node instead.
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-from mlflow import MlflowClient
+from typing import TYPE_CHECKING, Any
 
 from rose.events import EventTracker
-from rose.integrations.mlflow_writer import RunWriter, experiment_id, resolve_tracking_uri
+from rose.extras import require
+
+if TYPE_CHECKING:
+    from rose.integrations.mlflow_writer import RunWriter
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,11 @@ class MLflowTracker(EventTracker):
         tracking_uri: str | None = None,
     ) -> None:
         super().__init__()
+        require("mlflow", "mlflow", "MLflowTracker")  # here, not later inside add_tracker()
+        from mlflow import MlflowClient
+
+        from rose.integrations.mlflow_writer import resolve_tracking_uri
+
         if not experiment_name or not isinstance(experiment_name, str):
             raise ValueError("experiment_name must be a non-empty string, e.g. 'surrogate-v1'")
         self.experiment_name = experiment_name
@@ -82,6 +88,8 @@ class MLflowTracker(EventTracker):
                     "MLflow unreachable for %d events; dropping the oldest", MAX_PENDING_EVENTS
                 )
         if writer is None:
+            from rose.integrations.mlflow_writer import RunWriter, experiment_id
+
             if self._exp_id is None:
                 self._exp_id = experiment_id(self.client, self.experiment_name)
             writer = self._writer = RunWriter(

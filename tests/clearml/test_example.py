@@ -31,4 +31,4 @@ def test_example_runs_offline(tmp_path):
     assert got["name"] == "ensemble-run-01" and got["project"] == "ROSE-Materials-UQ"
     assert {s for (t, s, _, _) in got["scalars"] if t == "mean_squared_error_mse"} == {"A", "B"}
     assert "stop:max_iter_reached" in got["tags"]
-    assert got["params"]["manifest/learner_type"][0] == "ParallelUQLearner"
+    assert got["params"]["General/learner_type"][0] == "ParallelUQLearner"

@@ -107,3 +107,35 @@ async def test_a_batch_left_in_flight_is_not_repeated(engine, tmp_path, clearml_
     SinkRuntime(make_sink(tmp_path, cache), ListSource(events), config=FAST).run()
     (session,) = sessions(cache)
     assert normalized(session) == normalized(inproc)
+
+
+async def test_a_run_resumed_from_the_previous_layout_repeats_no_point(
+    engine, tmp_path, clearml_cache
+):
+    """The previous layout named a sequential run's series after the title, not ``value``."""
+    log_path = await run_tracked(engine, tmp_path, max_iter=6)
+    events = list(read_events(log_path))
+    run = events[0]["run"]
+    cache = tmp_path / "sink-cache"
+    SinkRuntime(make_sink(tmp_path, cache), ListSource(events[:4]), config=FAST).run()
+    (session,) = sessions(cache)
+    metrics = session["folder"] / "metrics.jsonl"
+    old = []
+    for line in metrics.read_text().splitlines():
+        batch = json.loads(line)
+        for e in batch:
+            if e.get("type") == "training_stats_scalar":
+                e["variant"] = e["metric"]  # as the previous layout wrote it
+        old.append(json.dumps(batch))
+    metrics.write_text("\n".join(old) + "\n")
+    path = tmp_path / "journal" / f"{run}.json"
+    journal = json.loads(path.read_text())
+    journal.update(next_seq=2, inflight=[2, 3])  # crashed before journaling seqs 2..3
+    path.write_text(json.dumps(journal))
+
+    SinkRuntime(make_sink(tmp_path, cache), ListSource(events), config=FAST).run()
+    (session,) = sessions(cache)
+    points = [(t, it) for (t, _, it, _) in normalized(session)["scalars"]]
+    assert len(points) == len(set(points)), "a point written under both series names"
+    iterations = {it for (t, it) in points if t == "train_loss"}
+    assert iterations == {b["body"]["iteration"] for b in events if b["kind"] == "iteration"}

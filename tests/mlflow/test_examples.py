@@ -36,7 +36,7 @@ def test_run_me_tracker_logs_the_branin_run(tmp_path):
     assert "MLflow run:" in out
     (run,) = mlflow_content(sqlite_uri(tmp_path / "mlflow.db"), "surrogate-v1").values()
     assert run["run_name"] == "gp-adaptive-kernel"
-    assert run["params"]["training.kernel"] == "C*RBF+White"
+    assert run["params"]["task.training.kernel"] == "C*RBF+White"
     assert run["params"]["learner_type"] == "SequentialActiveLearner"
     assert [m[0] for m in run["metrics"]["mean_squared_error_mse"]] == [0, 1, 2, 3]
     assert run["tags"]["stop_reason"] == "max_iter_reached"

@@ -75,7 +75,10 @@ def test_values_are_handled_deliberately():
         metric_name="mse",
         metric_value=float("inf"),
         learner_id="A",
-        current_config={"training": {"args": [], "kwargs": {"lr": 0.1, "opt": "adam", "l": [1]}}},
+        current_config={
+            "training": {"args": [], "kwargs": {"lr": 0.1, "opt": "adam", "l": [1], "--v": 1}},
+            "uncertainty": {"args": [], "kwargs": {"t": 0.5}},
+        },
         state={
             "b": True,
             "n": np.int64(7),
@@ -97,13 +100,19 @@ def test_values_are_handled_deliberately():
         "A/b": 1.0,
         "A/n": 7.0,
         "A/one": 2.5,
-        "A/nested/x": 1.0,
-        "A/nested/y/z": 2.0,
         "A/config/training/lr": 0.1,
+        # not a role of ROSE 0.3's LearnerConfig: this project's addition, named rose.*
+        "rose.A/config/uncertainty/t": 0.5,
     }
     assert {(m.step, m.timestamp) for m in upd.metrics} == {(3, 10_000)}
     assert {t.key: t.value for t in upd.tags} == {"A/config/training/opt": "adam"}
-    assert sorted(upd.skipped) == ["A/arr: ndarray", "A/huge: Repr", "A/none: NoneType", "A/s: str"]
+    assert sorted(upd.skipped) == [
+        "A/arr: ndarray",
+        "A/huge: Repr",
+        "A/nested: dict",
+        "A/none: NoneType",
+        "A/s: str",
+    ]
 
 
 def test_start_and_stop_updates():
@@ -111,12 +120,13 @@ def test_start_and_stop_updates():
     upd = event_update(start)
     assert {p.key: p.value for p in upd.params} == {
         "learner_type": "SequentialActiveLearner",
-        "criterion.metric": "mse",
-        "criterion.threshold": "0.01",
-        "criterion.operator": "<",
-        "criterion.as_executable": "True",
-        "training.kernel": "rbf",
-        "training.as_executable": "False",
+        "parallel_learners": "None",
+        "criterion/metric_name": "mse",
+        "criterion/threshold": "0.01",
+        "criterion/operator": "<",
+        "rose.task.criterion.as_executable": "True",
+        "task.training.kernel": "rbf",
+        "task.training.as_executable": "False",
     }
     assert {t.key: t.value for t in upd.tags} == {
         "rose.run_id": RUN,
@@ -130,7 +140,21 @@ def test_start_and_stop_updates():
     assert {t.key: t.value for t in done.tags} == {"stop_reason": "criterion_met"}
     err = stop_event(ctx(5), IterationState(iteration=4), "error")
     assert event_update(err).status == "FAILED"
-    assert {t.key: t.value for t in event_update(err).tags}["final_iteration"] == "4"
+    assert {t.key: t.value for t in event_update(err).tags} == {
+        "stop_reason": "error",
+        "final_iteration": "4",
+    }
+    # A parallel run's last state is one learner's: not the run's final_iteration.
+    par = stop_event(ctx(5), IterationState(iteration=2, learner_id=1), "max_iter_reached")
+    assert {t.key: t.value for t in event_update(par).tags} == {
+        "stop_reason": "max_iter_reached",
+        "rose.final_iteration": "2",
+        "rose.final_learner": "1",
+    }
+    # Without a criterion the criterion params are "None", as ROSE 0.3 logs them.
+    bare = start_event(ctx(0), PipelineManifest(learner_type="ParallelActiveLearner"))
+    params = {p.key: p.value for p in event_update(bare).params}
+    assert params["criterion/metric_name"] == params["parallel_learners"] == "None"
 
 
 def test_plan_packs_events_within_mlflow_limits():

@@ -37,29 +37,30 @@ async def test_sequential_run_params_metrics_tags_status(engine, uri):
 
     assert run["params"] == {
         "learner_type": "SequentialActiveLearner",
-        "criterion.metric": MEAN_SQUARED_ERROR_MSE,
-        "criterion.threshold": "0.011",
-        "criterion.operator": "<",
-        "criterion.as_executable": "False",
-        "simulation.as_executable": "False",
-        "simulation.pool": "1500",
-        "simulation.sampler": "lhs",
-        "training.as_executable": "False",
-        "training.kernel": "rbf",
-        "training.opt.lr": "0.1",
-        "training.opt.steps": "5",
-        "active_learn.as_executable": "False",
+        "parallel_learners": "None",
+        "criterion/metric_name": MEAN_SQUARED_ERROR_MSE,
+        "criterion/threshold": "0.011",
+        "criterion/operator": "<",
+        "rose.task.criterion.as_executable": "False",
+        "task.simulation.as_executable": "False",
+        "task.simulation.pool": "1500",
+        "task.simulation.sampler": "lhs",
+        "task.training.as_executable": "False",
+        "task.training.kernel": "rbf",
+        "task.training.opt": "{'lr': 0.1, 'steps': 5}",  # a nested value as its text
+        "task.active_learn.as_executable": "False",
     }
     assert "num_gpus" not in str(run["params"])  # decor_kwargs never leave the process
     metrics = run["metrics"]
     steps = list(range(len(states)))
-    for key in (MEAN_SQUARED_ERROR_MSE, "n_labeled", "train_mse", "max_std", "losses/data"):
+    for key in (MEAN_SQUARED_ERROR_MSE, "n_labeled", "train_mse", "max_std"):
         assert [m[0] for m in metrics[key]] == steps, key
     assert [m[2] for m in metrics[MEAN_SQUARED_ERROR_MSE]] == [s.metric_value for s in states]
     assert [m[2] for m in metrics["converged"]] == [0.0, 1.0, 0.0, 1.0]  # bools as 0/1
     assert [m[2] for m in metrics["lml"]] == [-10.0, "nan", -30.0, -40.0]  # NaN kept
-    # Strings, None and lists in state are not metrics.
-    assert not {"label_source", "notes", "picked"} & set(metrics)
+    # Strings, None, lists and maps in state are not metrics.
+    assert not {"label_source", "notes", "picked", "losses"} & set(metrics)
+    assert not any(k.startswith("losses/") for k in metrics)
     # Numeric config kwargs are metrics, string ones tags (the latest value).
     assert [m[2] for m in metrics["config/training/lr"]] == [0.1, 0.1, 0.01, 0.01]
     assert run["tags"]["config/training/optimizer"] == "sgd"
@@ -208,3 +209,25 @@ async def test_a_failed_call_is_retried_with_the_next_callback(engine, uri, capl
     assert [m[0] for m in run["metrics"]["train_mse"]] == [s.iteration for s in states]
     assert run["status"] == "FINISHED"
     assert "MLflowTracker" in caplog.text  # the learner logged the tracker's failure
+
+
+def test_without_mlflow_the_constructor_names_the_install_command(monkeypatch):
+    import subprocess
+    import sys
+
+    from rose.extras import install_hint
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow now raises ImportError
+    with pytest.raises(ImportError) as err:
+        MLflowTracker(EXP)
+    assert install_hint("mlflow") in str(err.value) and "MLflowTracker" in str(err.value)
+    assert install_hint("mlflow") == "pip install -e '<path to this repository>[mlflow]'"
+    # The module itself imports without mlflow, so the error comes from the constructor.
+    code = (
+        "import sys; sys.modules['mlflow'] = None\n"
+        "from rose.integrations.mlflow_tracker import MLflowTracker\n"
+        "try:\n    MLflowTracker('x')\nexcept ImportError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert install_hint("mlflow") in out.stdout
