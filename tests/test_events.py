@@ -239,10 +239,11 @@ def test_oversized_input_rejected_before_parsing(monkeypatch):
     import rose.events as ev
 
     monkeypatch.setattr(ev, "MAX_EVENT_BYTES", 100)
+    monkeypatch.setattr(ev, "MAX_JSON_LINE_BYTES", 900)
     with pytest.raises(EventError, match="exceeds"):
         ev.decode(b"\x00" * 101)
     with pytest.raises(EventError, match="exceeds"):
-        ev.from_json_line("x" * 101)
+        ev.from_json_line("x" * 901)
 
 
 def test_json_marker_lookalikes_survive():
