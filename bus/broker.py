@@ -294,9 +294,10 @@ class Broker:
         sockets.append(front)
         front.setsockopt(zmq.RCVHWM, self.hwm)
         front.setsockopt(zmq.BACKLOG, FRONTEND_BACKLOG)
-        # libzmq disconnects a peer sending more than this; smaller oversized
-        # messages reach the loop, where they are counted and skipped.
-        front.setsockopt(zmq.MAXMSGSIZE, 2 * self.max_event_bytes)
+        # Learners never send more than max_event_bytes.  libzmq silently disconnects a
+        # peer sending more than this; smaller oversized messages (an old or foreign
+        # publisher's) reach the loop, where they are counted, logged and skipped.
+        front.setsockopt(zmq.MAXMSGSIZE, 4 * self.max_event_bytes)
         back = ctx.socket(zmq.XPUB)
         sockets.append(back)
         back.setsockopt(zmq.SNDHWM, self.hwm)

@@ -641,8 +641,11 @@ class BusTracker(EventTracker):
             frames = mon.recv_multipart(zmq.NOBLOCK)
             event = int.from_bytes(frames[0][:2], "little")
             value = int.from_bytes(frames[0][2:6], "little")
-            if event in (zmq.EVENT_CONNECTED, zmq.EVENT_HANDSHAKE_SUCCEEDED):
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._set_link("connected")
+            elif event == zmq.EVENT_CONNECTED:  # TCP only: a refused key reconnects too
+                if self._link != "refused":
+                    self._set_link("connected")
             elif event == zmq.EVENT_CONNECT_RETRIED:
                 if self._link != "refused":
                     self._set_link("retrying")
