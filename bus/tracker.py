@@ -582,8 +582,7 @@ class BusTracker(EventTracker):
             self._oversize(event, payload)
             return
         if sock is None:
-            self._to_fallback([payload], "the tracker is closed")
-            self._warn_closed()
+            self._after_close(event)
             return
         if self._spooler is not None:
             self._spooler.put(payload)
@@ -896,13 +895,24 @@ class BusTracker(EventTracker):
                 why,
             )
 
-    def _warn_closed(self) -> None:
+    def _after_close(self, event: dict[str, Any]) -> None:
+        """An event after close(): written to the fallback log at once (rare, not hot)."""
+        if self.fallback_dir is None:
+            self._drop(1, "the tracker is closed")
+            return
+        with EventLogWriter(self.fallback_dir / f"{event['run']}.jsonl") as writer:
+            writer.append(event)
+        self._fallback_count += 1
+        self._reported += 1  # told here, not at a close that already happened
         if not self._closed_warned:
             self._closed_warned = True
             log.warning(
-                "BusTracker to %s is closed: further events go to the fallback log %s",
+                "BusTracker to %s is closed: further events go to the fallback log %s; "
+                "deliver them with: rose replay %s --publish %s",
                 self.endpoint,
-                self.fallback_dir,
+                writer.path,
+                writer.path,
+                self._publish_target,
             )
 
     # ------------------------------------------------------------ flush and close

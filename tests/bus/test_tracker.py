@@ -99,7 +99,7 @@ def test_recent_events_are_resent_when_the_broker_comes_back(tmp_path):
             assert [e.seq for e in client.run_events(tracker._own_run)] == list(range(102))
 
 
-def test_callbacks_never_raise_into_the_learner(broker, caplog):
+def test_callbacks_never_raise_into_the_learner(broker, caplog, _fallback_dir):
     tracker = BusTracker(broker.frontend, flush_timeout_ms=300)
     tracker.on_start(MANIFEST)
 
@@ -122,6 +122,8 @@ def test_callbacks_never_raise_into_the_learner(broker, caplog):
     before = tracker.fallback
     tracker.on_iteration(_state(2))  # after close: into the fallback log, not raised
     assert tracker.dropped == 3 and tracker.fallback == before + 1
+    after = list(read_events(_fallback_dir / f"{tracker._own_run}.jsonl"))
+    assert after[-1]["body"]["iteration"] == 2
 
 
 def test_unplain_values_travel_as_repr(broker, client):
