@@ -333,8 +333,8 @@ class BusTracker(EventTracker):
     broker's subscription (so ``start`` is not lost to the slow joiner); a
     backlog is drained for at most ``drain_budget_us`` per callback;
     ``on_stop`` and ``close`` wait for acknowledgements at most
-    ``flush_timeout_ms``, and at most ``unreachable_ms`` while the broker
-    refuses the connection or this learner's key.  Every other callback is an
+    ``flush_timeout_ms``, and at most ``unreachable_ms`` while a broker never
+    reached refuses the connection, or the broker refuses this learner's key.  Every other callback is an
     encode plus a non-blocking send.
 
     Unacknowledged events are held in memory up to ``max_pending`` events /
@@ -591,9 +591,7 @@ class BusTracker(EventTracker):
             if len(self._routes) > 64:
                 self._routes.clear()
             route = self._routes[run, kind] = (topic_for(run, kind), header_prefix(run, kind))
-            if run not in self._ack_keys:
-                if len(self._ack_keys) > 64:
-                    self._ack_keys.clear()
+            if run not in self._ack_keys:  # pruned in _trim once all is acknowledged
                 self._ack_keys[run] = msgpack.packb(run)
         out = _Out([route[0], route[1] + msgpack.packb(seq), payload], run, seq)
         now = time.perf_counter()
@@ -733,6 +731,10 @@ class BusTracker(EventTracker):
             if limit is not None and n >= limit:
                 return
         self._trim_due = False
+        if not unacked and len(self._ack_keys) > 64:  # many runs (a replay): forget old ones
+            self._ack_keys.clear()
+            self._acked.clear()
+            self._routes.clear()
 
     def _on_subscribed(self) -> None:
         """The broker (re)subscribed: queue every unacknowledged sent event again, in order."""
@@ -943,11 +945,12 @@ class BusTracker(EventTracker):
             now = time.perf_counter()
             if now >= deadline:
                 return False
-            # waiting for a refusing broker counts from this flush or the trouble, if later
+            # A broker that refuses this learner, or that was never reached, is given
+            # unreachable_ms (from this flush or the trouble, if later); one that was
+            # there before and went away (a restart) gets the whole flush_timeout_ms.
             if (
-                self._link in ("retrying", "refused")
-                and time.monotonic() - max(started, self._link_since) >= self.unreachable_s
-            ):
+                self._link == "refused" or (self._link == "retrying" and not self.subscriptions)
+            ) and time.monotonic() - max(started, self._link_since) >= self.unreachable_s:
                 return False
             if len(unacked) != last_count:
                 last_count, last_progress = len(unacked), now

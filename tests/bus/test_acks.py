@@ -230,3 +230,18 @@ def test_a_late_broker_within_the_budget_loses_nothing(tmp_path, _fallback_dir):
         with BusClient(broker.backend, broker.replay) as client:
             assert [e.seq for e in client.run_events(tracker._own_run)] == list(range(101))
     assert tracker.fallback == 0 and not _fallback_dir.exists()
+
+
+def test_replay_publish_of_many_runs_waits_for_every_ack(broker, client, tmp_path):
+    from rose.eventlog import EventLogWriter
+
+    log_path = tmp_path / "many.jsonl"
+    with EventLogWriter(log_path) as writer:
+        for r in range(150):
+            for seq in range(3):
+                ctx = EventContext(f"run{r:03d}", seq, 1.0)
+                writer.append(iteration_event(ctx, _state(seq)))
+    assert rose_main(["replay", str(log_path), "--publish", broker.frontend]) == 0
+    assert client.stats()["stored"] == 450  # acknowledged, so already stored
+    assert rose_main(["replay", str(log_path), "--publish", broker.frontend]) == 0  # dupes
+    assert client.stats()["stored"] == 450
