@@ -179,6 +179,7 @@ def previous_tracker(ref: str | None) -> tuple[type | None, str]:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    module.BusTracker.source_path = str(path)  # for publisher processes
     return module.BusTracker, ref[:12]
 
 
@@ -241,11 +242,17 @@ def _sink_process(backend: str) -> subprocess.Popen:
     return proc
 
 
-def _publisher_code() -> str:
+def _publisher_code(tracker_path: str | None = None) -> str:
+    load = "from bus import BusTracker\n"
+    if tracker_path is not None:  # the previous design, from its source file
+        load = (
+            "import importlib.util\n"
+            f"spec = importlib.util.spec_from_file_location('previous_tracker', {tracker_path!r})\n"
+            "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+            "BusTracker = mod.BusTracker\n"
+        )
     return (
-        "import sys\n"
-        "from bus import BusTracker\n"
-        "from benchmarks.bench_bus import _state\n"
+        "import sys\n" + load + "from benchmarks.bench_bus import _state\n"
         "from rose.tracking import PipelineManifest\n"
         "n = int(sys.argv[2])\n"
         "t = BusTracker(sys.argv[1], start_wait_ms=5000, flush_timeout_ms=60000,"
@@ -259,12 +266,15 @@ def _publisher_code() -> str:
     )
 
 
-def bench_throughput(broker: BrokerProc, publishers: int, per_publisher: int) -> dict[str, Any]:
+def bench_throughput(
+    broker: BrokerProc, publishers: int, per_publisher: int, tracker_path: str | None = None
+) -> dict[str, Any]:
     with BusClient(broker.backend, broker.replay, timeout_ms=30_000) as client:
         before = client.stats()["stored"]
         procs = [
             subprocess.Popen(
-                [sys.executable, "-c", _publisher_code(), broker.frontend, str(per_publisher)],
+                [sys.executable, "-c", _publisher_code(tracker_path), broker.frontend]
+                + [str(per_publisher)],
                 cwd=ROOT,
                 stdout=subprocess.PIPE,
                 text=True,
@@ -402,10 +412,13 @@ def main(argv: list[str] | None = None) -> int:
             for r in scen.values():
                 r["median_ratio"] = r["median_us"] / floor["median_us"]
             results["on_iteration"] = scen
-            results["throughput"] = [
-                bench_throughput(broker, 1, per_pub),
-                bench_throughput(broker, 2, per_pub // 2),
-            ]
+            results["throughput"] = []
+            for pubs in (1, 2):
+                for design, cls, _kw in designs:
+                    path = getattr(cls, "source_path", None)
+                    t = bench_throughput(broker, pubs, per_pub // pubs, path)
+                    t["design"] = design
+                    results["throughput"].append(t)
             results["latency_1k_per_s"] = bench_latency(broker, 2000 if args.quick else 5000)
         finally:
             broker.stop()
@@ -441,7 +454,8 @@ def _print(r: dict[str, Any]) -> None:
     for t in r["throughput"]:
         ok = t["events_per_s"] >= TARGET_EVENTS_PER_S and t["stored"] == t["events"]
         print(
-            f"  {t['publishers']} publisher(s): {t['events']} events, stored {t['stored']}, "
+            f"  {t['publishers']} publisher(s) [{t.get('design', 'acks')}]: {t['events']} events, "
+            f"stored {t['stored']}, "
             f"dropped {t['dropped']}, {t['events_per_s']:,.0f} events/s  "
             f"{'ok' if ok else 'MISSED'} (>= {TARGET_EVENTS_PER_S:,}/s, zero loss)"
         )

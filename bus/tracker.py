@@ -446,6 +446,7 @@ class BusTracker(EventTracker):
         self._fallback_count = 0  # events handed to the fallback log
         self._reported = 0  # ... of which the user was told
         self._closed_warned = False
+        self._waited_s = 0.0  # the last flush's budget, for the warning
         self._internal_errors = 0
         self._unacked: collections.deque[_Out] = collections.deque()
         self._unacked_bytes = 0
@@ -836,7 +837,7 @@ class BusTracker(EventTracker):
                 "the broker never answered: is `rose bus` running and reachable at "
                 f"{self.endpoint}?"
             )
-        return f"the broker did not acknowledge them within {self.flush_timeout_ms / 1000:g}s"
+        return f"the broker did not acknowledge them within {self._waited_s:.1f}s"
 
     def _report(self, timeout_s: float = 10.0) -> None:
         """One warning for everything handed to the fallback log since the last one."""
@@ -932,6 +933,7 @@ class BusTracker(EventTracker):
         timeout = self.flush_timeout_ms if timeout_ms is None else timeout_ms
         now = time.perf_counter()
         deadline = now + timeout / 1000
+        self._waited_s = timeout / 1000
         started = time.monotonic()
         last_count, last_progress = -1, now
         while True:
