@@ -792,6 +792,9 @@ class BusTracker(EventTracker):
             if not out.done:
                 out.done = True
                 spill.append(out.frames[2])
+        pending = self._pending
+        while pending and pending[0].done:  # the oldest are also the first waiting to go
+            pending.popleft().queued = False
         if spill:
             self._to_fallback(spill, "the local buffer is full (broker down or too slow)")
 

@@ -245,3 +245,15 @@ def test_replay_publish_of_many_runs_waits_for_every_ack(broker, client, tmp_pat
     assert client.stats()["stored"] == 450  # acknowledged, so already stored
     assert rose_main(["replay", str(log_path), "--publish", broker.frontend]) == 0  # dupes
     assert client.stats()["stored"] == 450
+
+
+def test_broker_down_memory_stays_bounded_and_the_fallback_log_holds_all(_fallback_dir):
+    tracker = BusTracker(f"tcp://127.0.0.1:{free_port()}", max_pending=100, start_wait_ms=0)
+    tracker.on_start(MANIFEST)
+    for i in range(999):
+        tracker.on_iteration(_state(i))
+        assert len(tracker._unacked) <= 100 and len(tracker._pending) <= 100
+    tracker.close()
+    assert tracker.fallback == 1000 and tracker.dropped == 0
+    logged = read_events(_fallback_dir / f"{tracker._own_run}.jsonl")
+    assert [e["seq"] for e in logged] == list(range(1000))
