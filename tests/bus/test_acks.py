@@ -257,3 +257,46 @@ def test_broker_down_memory_stays_bounded_and_the_fallback_log_holds_all(_fallba
     assert tracker.fallback == 1000 and tracker.dropped == 0
     logged = read_events(_fallback_dir / f"{tracker._own_run}.jsonl")
     assert [e["seq"] for e in logged] == list(range(1000))
+
+
+def test_a_missed_acknowledgement_is_recovered_by_resending_one_event(zctx):
+    """A broker that lost its ack: a duplicate makes it acknowledge again."""
+    import threading
+
+    import msgpack
+    import zmq
+
+    from bus.wire import make_ack
+
+    port = free_port()
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def peer() -> None:  # a minimal broker that stays silent until it sees a duplicate
+        sock = zctx.socket(zmq.XSUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(f"tcp://127.0.0.1:{port}")
+        sock.send(b"\x01")
+        while not stop.is_set():
+            if sock.poll(20):
+                _topic, header, _payload = sock.recv_multipart()
+                head = msgpack.unpackb(header)
+                if head["seq"] in seen:
+                    sock.send(make_ack({head["run"]: (len(set(seen)), max(seen), len(seen))}))
+                seen.append(head["seq"])
+        sock.close()
+
+    thread = threading.Thread(target=peer, daemon=True)
+    thread.start()
+    try:
+        tracker = BusTracker(f"tcp://127.0.0.1:{port}", start_wait_ms=5000, fallback=False)
+        tracker.on_start(MANIFEST)
+        tracker.on_iteration(_state(0))
+        assert tracker.flush()
+        assert tracker.acknowledged == 2 and tracker.resent >= 1
+        assert sorted(set(seen)) == [0, 1]
+        tracker.close()
+        assert tracker.dropped == 0
+    finally:
+        stop.set()
+        thread.join(5)
