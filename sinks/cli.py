@@ -610,8 +610,9 @@ def _publish(args: argparse.Namespace, source: ChainSource) -> int:
             tracker.emit(event)
             n += 1
             # pace a large replay to what the broker takes (and acknowledges)
-            if tracker.pending >= 5000 or tracker.unacked >= 50_000:
-                tracker.flush(30_000)
+            paced = tracker.pending >= 5000 or tracker.unacked >= 50_000
+            if paced and not tracker.flush(30_000) and not tracker.subscriptions:
+                break  # no broker there: the rest would only be refused as well
         ok = tracker.flush(30_000)
     finally:
         tracker.close(5000)

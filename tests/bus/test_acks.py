@@ -300,3 +300,16 @@ def test_a_missed_acknowledgement_is_recovered_by_resending_one_event(zctx):
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_replay_publish_without_a_broker_fails_soon_and_says_so(tmp_path, capsys):
+    from rose.eventlog import EventLogWriter
+
+    log_path = tmp_path / "run.jsonl"
+    with EventLogWriter(log_path) as writer:
+        for seq in range(20):
+            writer.append(iteration_event(EventContext("r1", seq, 1.0), _state(seq)))
+    argv = ["replay", str(log_path), "--publish", f"tcp://127.0.0.1:{free_port()}"]
+    assert rose_main(argv) == 1
+    err = capsys.readouterr().err
+    assert "20 not delivered" in err and "did not take every event" in err
