@@ -2,7 +2,9 @@
 
 1. ``BusTracker.on_iteration`` with a 20-key state: median and p99, against the raw
    floor (msgpack of the same event + a non-blocking PUB send) measured here, with
-   the broker up, down, SIGSTOPped, and with a SIGSTOPped sink subscribed.
+   the broker up, down, SIGSTOPped, and with a SIGSTOPped sink subscribed; each
+   scenario runs the acknowledged tracker and, side by side, the previous design
+   (fire and forget, loaded from git history; ``--baseline REF`` to choose it).
 2. Throughput learner -> broker -> store: events/s until the broker's store holds
    every event, with zero loss.
 3. End-to-end latency learner -> broker -> subscriber at a paced 1,000 events/s.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -142,15 +145,57 @@ def bench_floor(endpoint: str, n: int) -> dict[str, float]:
         ctx.term()
 
 
+def previous_tracker(ref: str | None) -> tuple[type | None, str]:
+    """The BusTracker class of the previous design (before acknowledgements), from git.
+
+    ``ref`` names a commit; by default the newest commit whose bus/tracker.py has
+    no acknowledgements.  Returns (None, why) when git or the history is missing.
+    """
+    git = ["git", "-C", str(ROOT)]
+    try:
+        if ref is None:
+            commits = subprocess.run(
+                [*git, "log", "--format=%H", "-n", "50", "--", "bus/tracker.py"],
+                capture_output=True, text=True, check=True,
+            ).stdout.split()  # fmt: skip
+            for commit in commits:
+                text = subprocess.run(
+                    [*git, "show", f"{commit}:bus/tracker.py"],
+                    capture_output=True, text=True, check=True,
+                ).stdout  # fmt: skip
+                if "parse_ack" not in text:
+                    ref = commit
+                    break
+            else:
+                return None, "no earlier bus/tracker.py in the git history"
+        source = subprocess.run(
+            [*git, "show", f"{ref}:bus/tracker.py"], capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return None, f"git: {exc}"
+    path = Path(tempfile.mkdtemp(prefix="rose-bench-prev-")) / "previous_tracker.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("previous_tracker", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.BusTracker.source_path = str(path)  # for publisher processes
+    return module.BusTracker, ref[:12]
+
+
 def bench_tracker(
-    endpoint: str, n: int, after_start: Callable[[], None] | None = None, **kwargs: Any
+    endpoint: str,
+    n: int,
+    after_start: Callable[[], None] | None = None,
+    tracker_cls: type = BusTracker,
+    **kwargs: Any,
 ) -> dict[str, Any]:
     """Time on_iteration as a learner drives it: under the learner's event context.
 
     The learner stamps one context per callback for all its trackers, so that
     stamping is outside the timed region; everything the tracker does is inside.
     """
-    tracker = BusTracker(endpoint, start_wait_ms=2000, flush_timeout_ms=200, **kwargs)
+    tracker = tracker_cls(endpoint, start_wait_ms=2000, flush_timeout_ms=200, **kwargs)
     run = "bench-" + str(os.getpid())
     with delivering(EventContext(run=run, seq=0, ts=time.time(), origin={})):
         tracker.on_start(PipelineManifest(learner_type="Bench"))
@@ -172,9 +217,12 @@ def bench_tracker(
             if i >= warmup:
                 samples.append(dt)
     finally:
-        tracker.close(timeout_ms=200)
+        tracker.close(timeout_ms=2000)  # outside the timed region
     result: dict[str, Any] = _stats(samples)
-    result.update({k: v for k, v in tracker.stats().items() if k != "pending"})
+    stats = tracker.stats()
+    result.update({k: v for k, v in stats.items() if k in ("sent", "resent", "dropped")})
+    result["acknowledged"] = stats.get("acknowledged", 0)
+    result["fallback"] = stats.get("fallback", 0)
     return result
 
 
@@ -194,11 +242,17 @@ def _sink_process(backend: str) -> subprocess.Popen:
     return proc
 
 
-def _publisher_code() -> str:
+def _publisher_code(tracker_path: str | None = None) -> str:
+    load = "from bus import BusTracker\n"
+    if tracker_path is not None:  # the previous design, from its source file
+        load = (
+            "import importlib.util\n"
+            f"spec = importlib.util.spec_from_file_location('previous_tracker', {tracker_path!r})\n"
+            "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+            "BusTracker = mod.BusTracker\n"
+        )
     return (
-        "import sys\n"
-        "from bus import BusTracker\n"
-        "from benchmarks.bench_bus import _state\n"
+        "import sys\n" + load + "from benchmarks.bench_bus import _state\n"
         "from rose.tracking import PipelineManifest\n"
         "n = int(sys.argv[2])\n"
         "t = BusTracker(sys.argv[1], start_wait_ms=5000, flush_timeout_ms=60000,"
@@ -212,12 +266,15 @@ def _publisher_code() -> str:
     )
 
 
-def bench_throughput(broker: BrokerProc, publishers: int, per_publisher: int) -> dict[str, Any]:
+def bench_throughput(
+    broker: BrokerProc, publishers: int, per_publisher: int, tracker_path: str | None = None
+) -> dict[str, Any]:
     with BusClient(broker.backend, broker.replay, timeout_ms=30_000) as client:
         before = client.stats()["stored"]
         procs = [
             subprocess.Popen(
-                [sys.executable, "-c", _publisher_code(), broker.frontend, str(per_publisher)],
+                [sys.executable, "-c", _publisher_code(tracker_path), broker.frontend]
+                + [str(per_publisher)],
                 cwd=ROOT,
                 stdout=subprocess.PIPE,
                 text=True,
@@ -296,7 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "bus.json"))
+    ap.add_argument(
+        "--baseline", metavar="REF", help="git commit of the previous design to compare with"
+    )
     args = ap.parse_args(argv)
+    previous, baseline = previous_tracker(args.baseline)
     n = 5_000 if args.quick else 20_000
     per_pub = 20_000 if args.quick else 100_000
 
@@ -307,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         "libzmq": zmq.zmq_version(),
         "cpus": os.cpu_count(),
         "samples": n,
+        "baseline": baseline,
     }
     with tempfile.TemporaryDirectory(prefix="rose-bench-") as tmp:
         broker = BrokerProc(Path(tmp) / "store")
@@ -314,30 +376,49 @@ def main(argv: list[str] | None = None) -> int:
             floor = bench_floor(broker.frontend, n)
             results["floor"] = floor
             scen: dict[str, Any] = {}
-            scen["broker up"] = bench_tracker(broker.frontend, n)
-            scen["broker down"] = bench_tracker(f"tcp://127.0.0.1:{_free_port()}", n)
+            fallback = Path(tmp) / "fallback"
+            designs: list[tuple[str, type, dict[str, Any]]] = [
+                ("acks", BusTracker, {"fallback": fallback})
+            ]
+            if previous is not None:
+                designs.append(("previous", previous, {}))
+
+            def run(name: str, endpoint: str, after: Callable[[], None] | None = None) -> None:
+                for design, cls, kw in designs:  # side by side, same conditions
+                    scen[f"{name} [{design}]"] = bench_tracker(endpoint, n, after, cls, **kw)
+
+            run("broker up", broker.frontend)
+            run("broker down", f"tcp://127.0.0.1:{_free_port()}")
             sink = _sink_process(broker.backend)
             try:
                 sink.send_signal(signal.SIGSTOP)
-                scen["sink SIGSTOPped"] = bench_tracker(broker.frontend, n)
+                run("sink SIGSTOPped", broker.frontend)
             finally:
                 sink.send_signal(signal.SIGCONT)
                 sink.kill()
                 sink.wait()
                 sink.stdout.close()
-            try:  # stopped after the tracker connected: its socket fills, then the local queue
-                scen["broker SIGSTOPped"] = bench_tracker(
-                    broker.frontend, n, after_start=lambda: broker.signal(signal.SIGSTOP)
-                )
-            finally:
-                broker.signal(signal.SIGCONT)
+            for design, cls, kw in designs:
+                try:  # stopped after the tracker connected: its socket fills, then the queue
+                    scen[f"broker SIGSTOPped [{design}]"] = bench_tracker(
+                        broker.frontend,
+                        n,
+                        lambda: broker.signal(signal.SIGSTOP),
+                        cls,
+                        **kw,
+                    )
+                finally:
+                    broker.signal(signal.SIGCONT)
             for r in scen.values():
                 r["median_ratio"] = r["median_us"] / floor["median_us"]
             results["on_iteration"] = scen
-            results["throughput"] = [
-                bench_throughput(broker, 1, per_pub),
-                bench_throughput(broker, 2, per_pub // 2),
-            ]
+            results["throughput"] = []
+            for pubs in (1, 2):
+                for design, cls, _kw in designs:
+                    path = getattr(cls, "source_path", None)
+                    t = bench_throughput(broker, pubs, per_pub // pubs, path)
+                    t["design"] = design
+                    results["throughput"].append(t)
             results["latency_1k_per_s"] = bench_latency(broker, 2000 if args.quick else 5000)
         finally:
             broker.stop()
@@ -354,21 +435,27 @@ def _print(r: dict[str, Any]) -> None:
     f = r["floor"]
     print(f"\nBusTracker.on_iteration, 20-key state, {r['samples']} calls "
           f"(floor: msgpack + PUB send = {f['median_us']:.2f} us median, {f['p99_us']:.2f} us p99)")  # fmt: skip
-    head = f"{'scenario':<20} {'median us':>10} {'x floor':>8} {'p99 us':>8} {'sent':>7} {'dropped':>8}  target"
+    print(f"previous design: {r.get('baseline')}")
+    head = (
+        f"{'scenario':<30} {'median us':>10} {'x floor':>8} {'p99 us':>8} {'sent':>7} "
+        f"{'acked':>7} {'fallback':>8} {'dropped':>8}  target"
+    )
     print(head)
     print("-" * len(head))
     for name, s in r["on_iteration"].items():
         ok = s["median_ratio"] <= TARGET_MEDIAN_RATIO and s["p99_us"] <= TARGET_P99_US
         print(
-            f"{name:<20} {s['median_us']:>10.2f} {s['median_ratio']:>8.2f} {s['p99_us']:>8.1f} "
-            f"{s['sent']:>7} {s['dropped']:>8}  {'ok' if ok else 'MISSED'} "
+            f"{name:<30} {s['median_us']:>10.2f} {s['median_ratio']:>8.2f} {s['p99_us']:>8.1f} "
+            f"{s['sent']:>7} {s['acknowledged']:>7} {s['fallback']:>8} {s['dropped']:>8}  "
+            f"{'ok' if ok else 'MISSED'} "
             f"(<= {TARGET_MEDIAN_RATIO}x, p99 <= {TARGET_P99_US:.0f} us)"
         )
     print("\nthroughput learner -> broker -> store")
     for t in r["throughput"]:
         ok = t["events_per_s"] >= TARGET_EVENTS_PER_S and t["stored"] == t["events"]
         print(
-            f"  {t['publishers']} publisher(s): {t['events']} events, stored {t['stored']}, "
+            f"  {t['publishers']} publisher(s) [{t.get('design', 'acks')}]: {t['events']} events, "
+            f"stored {t['stored']}, "
             f"dropped {t['dropped']}, {t['events_per_s']:,.0f} events/s  "
             f"{'ok' if ok else 'MISSED'} (>= {TARGET_EVENTS_PER_S:,}/s, zero loss)"
         )

@@ -13,6 +13,13 @@ never decoded), deduplicated by (run, seq), appended to the store, handed to
 the OS and only then forwarded.  Bad frames are counted, logged once per kind
 with a count, and skipped.
 
+Acknowledgements: at most every ``fsync_interval_s`` the broker fsyncs the store
+and sends up the frontend, for each run that got events (or a duplicate) since
+the last time, the highest contiguous stored seq (:func:`bus.wire.make_ack`):
+one small message per interval for all learners, never one per event.  A
+duplicate is acknowledged again, so a learner that missed an ack gets it by
+re-sending one event.
+
 When the store cannot be written (disk full, quota, file size limit) the
 broker holds the events it has, stops reading from learners (their
 BusTrackers queue and spool meanwhile), keeps answering requests from what is
@@ -55,11 +62,13 @@ from bus.security import (
 )
 from bus.store import DEFAULT_FSYNC_INTERVAL_S, DEFAULT_SEGMENT_BYTES, EventStore, Record
 from bus.wire import (
+    ACK_MAX_RUNS,
     DEFAULT_BACKEND,
     DEFAULT_FRONTEND,
     DEFAULT_MAX_EVENT_BYTES,
     DEFAULT_REPLAY,
     WireError,
+    make_ack,
     parse_header,
 )
 from rose.events import RUN_ID_RE, SCHEMA_VERSION
@@ -75,6 +84,8 @@ BATCH = 2000
 POLL_MS = 100
 #: A broker with fewer open files than this cannot serve a large ensemble.
 WANTED_OPEN_FILES = 4096
+#: Pending connections the frontend queues: a whole ensemble may connect at once.
+FRONTEND_BACKLOG = 1024
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_FETCH_LIMIT = 10_000
 MAX_REPLY_BYTES = 8 * 1024 * 1024
@@ -104,6 +115,7 @@ class Counters:
     bad_requests: int = 0
     rejected_by: dict[str, int] = field(default_factory=dict)
     store_errors: int = 0  # failed store writes (each failure episode retries many times)
+    acks: int = 0  # acknowledgement messages sent to learners
 
 
 class _BadRequest(Exception):
@@ -173,8 +185,11 @@ class Broker:
         curve_secret_key: str | os.PathLike[str] | None = None,
         authorized_keys: str | os.PathLike[str] | None = None,
     ) -> None:
-        if hwm <= 0 or max_event_bytes <= 0:
-            raise ValueError("hwm and max_event_bytes must be positive")
+        if hwm <= 0 or not 0 < max_event_bytes <= DEFAULT_MAX_EVENT_BYTES:
+            # learners never send more than the system's one limit; a lower one is for tests
+            raise ValueError(
+                f"hwm must be positive and max_event_bytes in [1, {DEFAULT_MAX_EVENT_BYTES}]"
+            )
         self.curve: KeyPair | None = None
         self.authorizer: Authorizer | None = None
         if (curve_secret_key is None) != (authorized_keys is None):
@@ -209,6 +224,9 @@ class Broker:
         self._store_failed_at = 0.0
         self._store_retry_at = 0.0
         self._next_key_check = 0.0
+        #: Runs to acknowledge at the next fsync (new events or a duplicate since the last).
+        self._to_ack: set[str] = set()
+        self._ack_at = 0.0
 
     @property
     def bus_file(self) -> Path:
@@ -275,9 +293,11 @@ class Broker:
         front = ctx.socket(zmq.XSUB)
         sockets.append(front)
         front.setsockopt(zmq.RCVHWM, self.hwm)
-        # libzmq disconnects a peer sending more than this; smaller oversized
-        # messages reach the loop, where they are counted and skipped.
-        front.setsockopt(zmq.MAXMSGSIZE, 2 * self.max_event_bytes)
+        front.setsockopt(zmq.BACKLOG, FRONTEND_BACKLOG)
+        # Learners never send more than max_event_bytes.  libzmq silently disconnects a
+        # peer sending more than this; smaller oversized messages (an old or foreign
+        # publisher's) reach the loop, where they are counted, logged and skipped.
+        front.setsockopt(zmq.MAXMSGSIZE, 4 * self.max_event_bytes)
         back = ctx.socket(zmq.XPUB)
         sockets.append(back)
         back.setsockopt(zmq.SNDHWM, self.hwm)
@@ -344,7 +364,10 @@ class Broker:
             poller.register(sock, zmq.POLLIN)
         reading = True
         while not self._stopping.is_set():
-            ready = dict(poller.poll(POLL_MS))
+            timeout = POLL_MS
+            if self._to_ack:  # wake for the next acknowledgement
+                timeout = max(1, min(POLL_MS, int((self._ack_at - time.monotonic()) * 1000) + 1))
+            ready = dict(poller.poll(timeout))
             now = time.monotonic()
             if self._held and now >= self._store_retry_at:
                 self._store_held(back, store)
@@ -362,7 +385,10 @@ class Broker:
                     poller.unregister(front)
             now = time.monotonic()
             if not self._held:
-                self._sync(store, now)
+                if self._to_ack and now >= self._ack_at:
+                    self._acknowledge(front, store, now)
+                else:
+                    self._sync(store, now)
             if self.counters.rejected != self._reject_logged:
                 self._log_rejects(now=now)
             if self.authorizer is not None and now >= self._next_key_check:
@@ -376,6 +402,31 @@ class Broker:
             self.counters.store_errors += 1
             if self.counters.store_errors == 1:
                 log.error("fsync of the store %s failed: %s", self.store_dir, exc)
+
+    def _acknowledge(self, front: zmq.Socket, store: EventStore, now: float) -> None:
+        """fsync the store, then tell learners how far each of their runs is stored."""
+        self._ack_at = now + self.fsync_interval_s
+        try:
+            store.sync(now)
+        except OSError as exc:  # nothing is acknowledged before it is on disk; retried
+            self.counters.store_errors += 1
+            if self.counters.store_errors == 1:
+                log.error("fsync of the store %s failed: %s", self.store_dir, exc)
+            return
+        runs = store.runs
+        acks = {}
+        for r in self._to_ack:
+            idx = runs.get(r)
+            if idx is not None:
+                acks[r] = (idx.upto, idx.last_seq, idx.count)
+        self._to_ack.clear()
+        items = list(acks.items())
+        for i in range(0, len(items), ACK_MAX_RUNS):
+            # XSUB sends to every learner and drops for one whose queue is full: acks
+            # are cumulative, and a learner missing one re-sends an event to get it again.
+            with contextlib.suppress(zmq.ZMQError):
+                front.send(make_ack(dict(items[i : i + ACK_MAX_RUNS])), _NOBLOCK)
+                self.counters.acks += 1
 
     def _pump(self, front: zmq.Socket, back: zmq.Socket, store: EventStore) -> None:
         # Hand-rolled recv/send with int flags: about twice as fast as
@@ -411,6 +462,7 @@ class Broker:
                 self._reject("garbage", f"unexpected {type(exc).__name__} checking a header")
                 continue
             added = store.add(head.run, head.seq, head.kind, payload)
+            self._to_ack.add(head.run)
             if added is None:
                 c.duplicates += 1
                 continue
@@ -572,6 +624,7 @@ class Broker:
             "requests": c.requests,
             "bad_requests": c.bad_requests,
             "store_errors": c.store_errors,
+            "acks": c.acks,
             "store_error": self._store_error,
             "held": len(self._held),
             "auth_denied": 0 if self.authorizer is None else self.authorizer.denied,

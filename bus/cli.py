@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bus.wire import DEFAULT_BACKEND, DEFAULT_FRONTEND, DEFAULT_MAX_EVENT_BYTES, DEFAULT_REPLAY
+from bus.wire import DEFAULT_BACKEND, DEFAULT_FRONTEND, DEFAULT_REPLAY
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +99,6 @@ def register(subparsers: Any) -> None:
         default=0.2,
         metavar="SECONDS",
         help="fsync the store at most this often [%(default)s]",
-    )
-    p.add_argument(
-        "--max-event-bytes",
-        type=int,
-        default=DEFAULT_MAX_EVENT_BYTES,
-        metavar="N",
-        help="reject larger events [%(default)s]",
     )
     g = p.add_argument_group("CURVE security (both or neither)")
     g.add_argument(
@@ -202,8 +195,8 @@ def run(args: argparse.Namespace) -> int:
         ep = getattr(args, name)
         if "://" not in ep:
             raise UsageError(f"--{name} {ep!r} is not an endpoint (like tcp://127.0.0.1:5555)")
-    if args.hwm < 1 or args.max_event_bytes < 1 or args.fsync_interval < 0:
-        raise UsageError("--hwm and --max-event-bytes must be positive, --fsync-interval >= 0")
+    if args.hwm < 1 or args.fsync_interval < 0:
+        raise UsageError("--hwm must be positive, --fsync-interval >= 0")
     from bus.security import CurveError
 
     try:
@@ -213,7 +206,6 @@ def run(args: argparse.Namespace) -> int:
             args.backend,
             args.replay,
             hwm=args.hwm,
-            max_event_bytes=args.max_event_bytes,
             fsync_interval_s=args.fsync_interval,
             curve_secret_key=args.curve_secret_key,
             authorized_keys=args.authorized_keys,

@@ -8,6 +8,13 @@ A message is three ZeroMQ frames ``[topic, header, payload]``:
   the topic and the header alone;
 - ``payload``: ``rose.events.encode(event)``, never decoded by the broker.
 
+Back up the learner's connection the broker sends acknowledgements, one
+message ``ACK_MARK + msgpack {run: [upto, last, count]}``: every seq below
+``upto`` of that run is in the store and fsynced, and so are ``count`` events
+up to seq ``last``, which lets a learner that skipped a seq (an oversized
+event) tell that everything else up to ``last`` is stored.  XSUB hands such a message to every connected
+publisher; each one reads only its own runs.
+
 Everything here is shared by the tracker, the broker, the store and the client,
 so the three sides cannot drift apart.
 """
@@ -31,6 +38,11 @@ MAX_HEADER_BYTES = 512
 MAX_TOPIC_BYTES = 160
 #: Wire messages are checked against this payload size by default.
 DEFAULT_MAX_EVENT_BYTES = MAX_EVENT_BYTES
+
+#: First byte of an acknowledgement (subscriptions start with 0 or 1).
+ACK_MARK = b"\x02"
+#: Runs per acknowledgement message, so one message stays small.
+ACK_MAX_RUNS = 1000
 
 _KIND_SET = frozenset(KINDS)
 _OFFSET_MAX = 2**63
@@ -75,6 +87,26 @@ def stored_header_prefix(run: str, kind: str) -> bytes:
     """Like header_prefix, for a 5-key header: append packb(seq), packb("offset"), packb(offset)."""
     parts = ("v", SCHEMA_VERSION, "run", run, "kind", kind, "seq")
     return b"\x85" + b"".join(msgpack.packb(p) for p in parts)
+
+
+def make_ack(acks: dict[str, tuple[int, int, int]]) -> bytes:
+    """One acknowledgement message: {run: (upto, last, count)}, see the module docstring."""
+    return ACK_MARK + msgpack.packb(acks)
+
+
+def parse_ack(msg: bytes) -> dict[str, tuple[int, int, int]]:
+    """The {run: (upto, last, count)} of an acknowledgement; malformed entries are ignored."""
+    try:
+        acks = msgpack.unpackb(msg[1:], raw=False, strict_map_key=True)
+    except Exception:
+        return {}
+    if not isinstance(acks, dict):
+        return {}
+    return {
+        r: (v[0], v[1], v[2])
+        for r, v in acks.items()
+        if isinstance(r, str) and isinstance(v, list) and len(v) == 3 and all(map(_is_int, v))
+    }
 
 
 def _is_int(x: Any) -> bool:

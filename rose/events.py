@@ -45,8 +45,15 @@ from rose.tracking import (
 SCHEMA_VERSION = 1
 KINDS = ("start", "iteration", "stop")
 
-#: Largest encoded event accepted by decoders (bytes of msgpack or of one JSON line).
+#: The one size limit of the whole system: the largest event, in bytes of its msgpack
+#: encoding, that a learner sends, the broker stores and forwards and decoders accept.
 MAX_EVENT_BYTES = 16 * 1024 * 1024
+#: JSON spends at most this many bytes on one byte of msgpack: ``b""`` (2 bytes) becomes
+#: ``{"__bytes__":""},`` (17), a control character (1) ``\u00XX`` (6), ``False`` (1) ``false,``.
+JSON_EXPANSION = 9
+#: The longest JSON line of an event within MAX_EVENT_BYTES (event logs, file sinks,
+#: spools, replay): derived from the one limit, so nothing a store holds is refused by replay.
+MAX_JSON_LINE_BYTES = JSON_EXPANSION * MAX_EVENT_BYTES + 64 * 1024
 #: Nesting deeper than this is stored as a Repr; keeps encode and decode bounded.
 MAX_DEPTH = 32
 #: Repr strings are cut to this many characters.
@@ -703,8 +710,8 @@ _JSON_DECODER = json.JSONDecoder(parse_constant=_no_constants)
 
 def from_json_line(line: str | bytes) -> dict[str, Any]:
     """One JSON line → validated event (bounded like :func:`unpack`)."""
-    if len(line) > MAX_EVENT_BYTES:
-        raise EventError(f"event line of {len(line)} bytes exceeds {MAX_EVENT_BYTES}")
+    if len(line) > MAX_JSON_LINE_BYTES:
+        raise EventError(f"event line of {len(line)} bytes exceeds {MAX_JSON_LINE_BYTES}")
     small = json_line_is_small(line)
     if not small:
         _check_json_items(line)

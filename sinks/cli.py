@@ -585,9 +585,9 @@ def _publish(args: argparse.Namespace, source: ChainSource) -> int:
     try:
         if "://" in target:
             tracker = BusTracker(check_endpoint(target, "--publish endpoint"),
-                                 client_key=args.client_key)
-        else:
-            tracker = BusTracker(bus=target, client_key=args.client_key)
+                                 client_key=args.client_key, fallback=False)
+        else:  # the logs replayed are the fallback: nothing to copy elsewhere
+            tracker = BusTracker(bus=target, client_key=args.client_key, fallback=False)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     stopping = {"flag": False}
@@ -609,8 +609,10 @@ def _publish(args: argparse.Namespace, source: ChainSource) -> int:
                 continue
             tracker.emit(event)
             n += 1
-            if tracker.pending >= 5000:  # pace a large replay to what the broker takes
-                tracker.flush(30_000)
+            # pace a large replay to what the broker takes (and acknowledges)
+            paced = tracker.pending >= 5000 or tracker.unacked >= 50_000
+            if paced and not tracker.flush(30_000) and not tracker.subscriptions:
+                break  # no broker there: the rest would only be refused as well
         ok = tracker.flush(30_000)
     finally:
         tracker.close(5000)

@@ -15,6 +15,13 @@ from rose.events import manifest_to_body, state_to_body
 from rose.tracking import event_context
 
 
+@pytest.fixture(autouse=True)
+def _fallback_dir(tmp_path, monkeypatch):
+    """BusTrackers' fallback logs go into the test's folder, never the user's state dir."""
+    monkeypatch.setenv("ROSE_FALLBACK_DIR", str(tmp_path / "fallback"))
+    return tmp_path / "fallback"
+
+
 @pytest.fixture
 async def engine(tmp_path):
     """A real radical.asyncflow engine; its session folder stays inside tmp_path."""

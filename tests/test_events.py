@@ -239,10 +239,11 @@ def test_oversized_input_rejected_before_parsing(monkeypatch):
     import rose.events as ev
 
     monkeypatch.setattr(ev, "MAX_EVENT_BYTES", 100)
+    monkeypatch.setattr(ev, "MAX_JSON_LINE_BYTES", 900)
     with pytest.raises(EventError, match="exceeds"):
         ev.decode(b"\x00" * 101)
     with pytest.raises(EventError, match="exceeds"):
-        ev.from_json_line("x" * 101)
+        ev.from_json_line("x" * 901)
 
 
 def test_json_marker_lookalikes_survive():
@@ -278,3 +279,32 @@ def test_flat_dict_fast_path_keeps_the_rules():
     assert isinstance(to_plain({"big": 2**70})["big"], Repr)  # beyond msgpack's int range
     assert to_plain({"f": np.float64(0.5)})["f"] == 0.5
     assert to_plain({1: 2}) == {"1": 2}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [b""] * 5000,  # 2 bytes of msgpack, 17 of JSON each: the worst case
+        [b"\x00"] * 5000,
+        ["\x01" * 5000],  # control characters: \u0001
+        [False] * 5000,
+        [None] * 5000,
+        [{}] * 5000,
+        [float("nan")] * 5000,
+        [Repr("")] * 5000,
+        [np.zeros(0)] * 500,
+        [{"__repr__": False}] * 2000,
+        "\U0001f600" * 5000,
+    ],
+    ids=lambda v: type(v[0]).__name__ if isinstance(v, list) else "emoji",
+)
+def test_a_json_line_stays_within_its_derived_limit(value):
+    """Whatever a store accepts (msgpack <= MAX_EVENT_BYTES), replay accepts as JSON."""
+    import rose.events as ev
+
+    event = iteration_event(
+        EventContext("r", 1, 1.0), IterationState(iteration=0, state={"x": value})
+    )
+    packed, line = len(ev.encode(event)), len(ev.to_json_line(event).encode())
+    assert line <= ev.JSON_EXPANSION * packed
+    assert ev.MAX_JSON_LINE_BYTES >= ev.JSON_EXPANSION * ev.MAX_EVENT_BYTES

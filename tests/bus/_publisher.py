@@ -1,6 +1,7 @@
-"""Child process for the many-publishers test: N BusTrackers sending interleaved events.
+"""Child process for the many-publishers tests: N BusTrackers sending interleaved events.
 
-Usage: python -m tests.bus._publisher ENDPOINT TRACKERS EVENTS
+Usage: python -m tests.bus._publisher ENDPOINT TRACKERS EVENTS [defaults]
+With ``defaults`` every tracker has the default settings (as a user would create it).
 Prints one JSON line: the run ids and summed counters.
 """
 
@@ -17,11 +18,10 @@ from rose.tracking import IterationState, PipelineManifest
 
 def main() -> None:
     endpoint, n_trackers, n_events = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    defaults = sys.argv[4:] == ["defaults"]
+    options = {} if defaults else {"start_wait_ms": 5000, "flush_timeout_ms": 30_000}
     ctx = zmq.Context()
-    trackers = [
-        BusTracker(endpoint, context=ctx, start_wait_ms=5000, flush_timeout_ms=30_000)
-        for _ in range(n_trackers)
-    ]
+    trackers = [BusTracker(endpoint, context=ctx, **options) for _ in range(n_trackers)]
     manifest = PipelineManifest(learner_type="Bench")
     for t in trackers:
         t.on_start(manifest)
@@ -34,7 +34,8 @@ def main() -> None:
     for t in trackers:
         t.close()
     ctx.term()
-    totals = {k: sum(t.stats()[k] for t in trackers) for k in ("sent", "resent", "dropped")}
+    keys = ("sent", "resent", "dropped", "acknowledged", "fallback")
+    totals = {k: sum(t.stats()[k] for t in trackers) for k in keys}
     print(json.dumps({"runs": [t._own_run for t in trackers], **totals}))
 
 

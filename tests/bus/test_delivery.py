@@ -104,7 +104,8 @@ async def test_broker_down_for_the_whole_run(engine, tmp_path):
     assert [e["seq"] for e in events] == list(range(N_EVENTS))
     assert {e["run"] for e in events} == {learner.run_id}
     assert tracker.sent == 0 and tracker.spooled == N_EVENTS
-    assert tracker.dropped == N_EVENTS  # never reached a broker; all of them are in the spool
+    # never reached a broker: all of them are in the fallback log, none dropped
+    assert tracker.dropped == 0 and tracker.fallback == N_EVENTS
 
 
 def test_learner_process_exits_promptly_with_the_broker_down(tmp_path):

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from bus import BusClient
+from rose.cli import main as rose_main
 
 from .conftest import REPO, wait_until
 
@@ -63,3 +64,50 @@ def test_concurrent_publishers_lose_nothing(broker, processes):
         while len(offsets) < total:
             offsets += [e.offset for e in client.fetch(len(offsets), limit=10_000)]
         assert offsets == list(range(total))
+
+
+@pytest.mark.parametrize(
+    ("processes", "trackers"),
+    [(2, 25), pytest.param(10, 50, marks=pytest.mark.slow, id="500-publishers")],
+)
+def test_a_storm_of_default_publishers_is_stored_whole(broker, processes, trackers, _fallback_dir):
+    """Publishers x 200 events, default settings, each finishing right after it connected.
+
+    The slow variant is the 500 x 200 storm (16-30 s on 2 shared cores).
+
+    close() waits for the broker's acknowledgements, so every event is stored;
+    whatever was not acknowledged in time would be in the fallback log, and
+    replaying it must then complete the store.
+    """
+    events = 200
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.bus._publisher", broker.frontend, str(trackers)]
+            + [str(events), "defaults"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    reports = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    total = processes * trackers * events
+    acked = sum(r["acknowledged"] for r in reports)
+    fallback = sum(r["fallback"] for r in reports)
+    assert sum(r["dropped"] for r in reports) == 0
+    assert acked + fallback == total
+    with BusClient(broker.backend, broker.replay, timeout_ms=10_000) as client:
+        stored = client.stats()["stored"]
+        print(f"\nstorm {processes * trackers} x {events}: stored {stored}/{total} "
+              f"({100 * stored / total:.2f}%) at close, {fallback} in the fallback log")  # fmt: skip
+        assert stored >= acked  # acknowledged means stored
+        if fallback:
+            logs = [str(p) for p in sorted(_fallback_dir.glob("*.jsonl"))]
+            assert rose_main(["replay", *logs, "--publish", broker.frontend]) == 0
+        assert client.stats()["stored"] == total
+        assert all(s["count"] == events for s in client.runs())

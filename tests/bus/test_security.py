@@ -21,6 +21,7 @@ from bus import BrokerThread, BusClient, BusError, BusTracker
 from bus.security import ENV_CLIENT_KEY, ENV_SERVER_KEY, CurveError, generate_keypair, load_keypair
 from bus.wire import make_header, topic_for
 from rose.cli import main as rose_main
+from rose.eventlog import read_events
 from rose.tracking import IterationState, PipelineManifest
 
 from .conftest import REPO, wait_until
@@ -420,3 +421,34 @@ def test_sink_process_and_learner_over_curve(tmp_path, secure, keys):
     finally:
         sink.kill()
     assert "Traceback" not in sink.output()
+
+
+@pytest.mark.parametrize("mistake", ["unknown client key", "wrong server key"])
+def test_a_refused_learner_is_told_why_once_and_keeps_its_events(
+    secure, keys, tmp_path, caplog, mistake, _fallback_dir
+):
+    if mistake == "unknown client key":
+        options = {"bus": secure.bus_file, "client_key": _stranger(tmp_path)}
+        cause = "refused this learner's CURVE key"
+    else:
+        generate_keypair(tmp_path / "other", "other")
+        options = {
+            "endpoint": secure.frontend,
+            "server_key": tmp_path / "other" / "other.key",
+            "client_key": keys / "client.key_secret",
+        }
+        cause = "handshake with the broker failed"
+    tracker = BusTracker(**options)
+    with caplog.at_level(logging.WARNING, logger="bus.tracker"):
+        tracker.on_start(MANIFEST)
+        for i in range(20):
+            tracker.on_iteration(IterationState(iteration=i))
+        tracker.close()  # gives up after unreachable_ms, not flush_timeout_ms
+    messages = [r.getMessage() for r in caplog.records]
+    refusals = [m for m in messages if cause in m and "kept locally" in m]
+    assert len(refusals) == 1, messages
+    (warning,) = [m for m in messages if "not acknowledged" in m]
+    assert "21 event(s)" in warning and cause in warning
+    assert tracker.fallback == 21 and tracker.sent == 0 and tracker.dropped == 0
+    run = tracker._own_run
+    assert len(list(read_events(_fallback_dir / f"{run}.jsonl"))) == 21
