@@ -69,7 +69,8 @@ examples:
   rose status --json            # machine-readable
 
 Without --bus it asks the broker of ./rose-store/bus.json (or $ROSE_BUS) when
-present; without --state it looks for sinks under ./.rose-sink/ and ./*/.rose-sink.
+present; without --state it looks for sinks under ./.rose-sink/*/ and ./*/.rose-sink/,
+and, for --bus HOME/store/bus.json, under HOME/state/*/ (where rose-daemons keeps them).
 """
 
 TAIL_EPILOG = """\
@@ -669,11 +670,19 @@ def _default_bus(args: argparse.Namespace) -> bool:
     return False
 
 
-def _sink_state_dirs(given: list[str] | None) -> list[Path]:
+def _sink_state_dirs(given: list[str] | None, bus: str | None = None) -> list[Path]:
+    """The sinks to show: --state DIRs, else those found where rose puts them.
+
+    That is ./.rose-sink/*/ and ./*/.rose-sink/ (the defaults of `rose sink`), and,
+    for a bus file STORE/bus.json, STORE/../state/*/ (the layout of rose-daemons).
+    """
     if given:
         return [Path(d) for d in given]
     found = [p.parent for p in STATE_ROOT.glob("*/status.json")]
     found += [p.parent for p in Path(".").glob("*/.rose-sink/status.json")]
+    if bus and "://" not in bus:
+        home = Path(bus).expanduser().parent.parent
+        found += [p.parent for p in (home / "state").glob("*/status.json")]
     return sorted(set(found))
 
 
@@ -715,7 +724,7 @@ def run_status(args: argparse.Namespace) -> int:
             broker_error = str(exc)
         finally:
             source.close()
-    for d in _sink_state_dirs(args.state):
+    for d in _sink_state_dirs(args.state, args.bus):
         status = read_status(d)
         if status is None:
             if args.state:
@@ -726,13 +735,14 @@ def run_status(args: argparse.Namespace) -> int:
         report["sinks"].append(status)
     if broker_error is not None:
         report["broker_error"] = broker_error
+    nothing = report["broker"] is None and not report["sinks"]
     if args.json:
         import json
 
         print(json.dumps(report, indent=2, default=str))
-    else:
+    elif not nothing:  # with nothing to show, the error below is the one line
         _print_status(report)
-    if report["broker"] is None and not report["sinks"]:
+    if nothing:
         if broker_error:
             raise UsageError(broker_error)
         raise UsageError(
@@ -755,24 +765,49 @@ def _print_status(report: dict[str, Any]) -> None:
         print(f"broker: {report['broker_error']}")
     for s in report["sinks"]:
         c = s.get("counters", {})
-        latency = s.get("latency_s")
-        lat = f", latency {latency * 1000:.1f} ms" if isinstance(latency, (int, float)) else ""
         print(
             f"sink {s.get('sink')} [{s['health']}] pid {s.get('pid')} ({s['state_dir']}): "
             f"applied {c.get('applied')}, duplicates {c.get('duplicates')}, gaps {c.get('gaps')}, "
             f"retries {c.get('retries')}, failed {c.get('failed')}, invalid {c.get('invalid')}, "
-            f"lag {s.get('lag')} event(s){lat}"
+            f"lag {s.get('lag')} event(s){_latency_text(s.get('latency_s'))}"
         )
         for r in s.get("runs", [])[:10]:
-            metric = ""
-            if r.get("metric_name") is not None:
-                metric = f" {r['metric_name']}={r.get('metric_value')}"
-            flag = " RETRYING: " + r["last_error"] if r.get("retrying") else ""
-            print(
-                f"  {r['run']}: {r.get('kind')} iteration {r.get('iteration')}{metric}, "
-                f"next seq {r.get('next_seq')}, {r.get('events_per_s')} ev/s"
-                f"{' (done)' if r.get('done') else ''}{flag}"
-            )
+            print("  " + _run_status_text(r))
+
+
+def _latency_text(latency: Any) -> str:
+    """Live latency in ms; an old event (caught up from the store) by its age instead."""
+    if not isinstance(latency, (int, float)):
+        return ""
+    if latency < 1.0:
+        return f", latency {latency * 1000:.0f} ms"
+    return f", last event applied {_duration(latency)} after it was emitted"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _run_status_text(r: dict[str, Any]) -> str:
+    """One run of a sink: where it is, its criterion metric, progress."""
+    where = {"start": "started", "stop": "stopped"}.get(r.get("kind"), "running")
+    if r.get("iteration") is not None:
+        where += f", iteration {r['iteration']}"
+    value = r.get("metric_value")
+    if r.get("metric_name") is not None:
+        shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+        where += f", {r['metric_name']}={shown}"
+    flag = " RETRYING: " + r["last_error"] if r.get("retrying") else ""
+    rate = r.get("events_per_s")
+    rate_text = f"{rate:.1f}" if isinstance(rate, (int, float)) else str(rate)
+    return (
+        f"{r['run']}: {where}; next seq {r.get('next_seq')}, {rate_text} ev/s"
+        f"{' (done)' if r.get('done') else ''}{flag}"
+    )
 
 
 # ------------------------------------------------------------------ rose tail
@@ -858,7 +893,7 @@ def run_tail(args: argparse.Namespace) -> int:
 
         from sinks.tail_view import TailBoard
 
-        board = TailBoard(_sink_state_dirs(args.state))
+        board = TailBoard(_sink_state_dirs(args.state, args.bus))
         live = Live(board.render(), refresh_per_second=4)
         live.__enter__()
     try:
