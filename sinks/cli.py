@@ -542,7 +542,15 @@ def _replay_into(
     )
     if stopping:
         return 130
+    if c.applied + c.duplicates + c.failed == 0:
+        return _nothing_valid()
     return 1 if c.failed else 0
+
+
+def _nothing_valid() -> int:
+    print("rose replay: error: the logs hold no valid event (are they rose event logs?)",
+          file=sys.stderr)
+    return 1
 
 
 def _try_parallel(
@@ -628,7 +636,9 @@ def _publish(args: argparse.Namespace, source: ChainSource) -> int:
             file=sys.stderr,
         )
         return 1
-    return 130 if stopping["flag"] else 0
+    if stopping["flag"]:
+        return 130
+    return 0 if n else _nothing_valid()
 
 
 # ------------------------------------------------------------------ rose status
