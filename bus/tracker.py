@@ -13,7 +13,7 @@ also appended to a local JSONL event log (background thread, batched fsync),
 so nothing is lost for ``rose replay``.
 
 Why the send stays on the learner's thread: a Python consumer thread behind an
-inproc socket starves on the GIL (DESIGN §9), which would turn HWM overflow
+inproc socket starves on the GIL while the learner computes, which would turn HWM overflow
 into the normal case.
 """
 

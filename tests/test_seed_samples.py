@@ -1,4 +1,4 @@
-"""The user guide's code samples (tracking-and-observability.md), run as written."""
+"""The classic tracking samples (trackers written against ROSE's TrackerBase), run as written."""
 
 from __future__ import annotations
 
