@@ -50,7 +50,10 @@ def run_plot(args: argparse.Namespace) -> int:
     try:
         import matplotlib  # noqa: F401
     except ModuleNotFoundError:
-        raise UsageError("rose plot needs matplotlib: pip install 'rose[plot]'") from None
+        raise UsageError(
+            "rose plot needs matplotlib: pip install matplotlib "
+            "(or pip install -e '.[plot]' in the rose repository)"
+        ) from None
     try:
         runs = history.load(paths)
     except (OSError, UnicodeDecodeError) as exc:

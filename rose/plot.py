@@ -93,7 +93,7 @@ def plot(
                 values.append(t)
             ops = sorted({h.operator for h in runs.values() if h.operator})
             goal = (
-                f" (stops at {' / '.join(ops)} {', '.join(f'{t:g}' for t in thresholds)})"
+                f" {' / '.join(ops)} {', '.join(f'{t:g}' for t in thresholds)}"
                 if thresholds and ops else ""
             )
             ax.set_title(f"stop criterion: {name}{goal}", loc="left", fontsize="medium")

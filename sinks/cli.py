@@ -42,8 +42,8 @@ Point it at the broker with --bus STORE/bus.json or --backend/--replay.
 
 SINK_EPILOG = """\
 examples:
-  rose sink file --bus ~/rose-store/bus.json --out runs/
-  rose sink tracker mypkg.trackers:MyTracker --arg every=5 --bus ~/rose-store/bus.json
+  rose sink file --bus ~/rose-tracking/store/bus.json --out runs/
+  rose sink tracker mypkg.trackers:MyTracker --arg every=5 --bus ~/rose-tracking/store/bus.json
   rose status --state runs/.rose-sink          # its counters while it runs
 """
 
@@ -65,7 +65,7 @@ examples:
 
 STATUS_EPILOG = """\
 examples:
-  rose status --bus ~/rose-store/bus.json --state runs/.rose-sink
+  rose status --bus ~/rose-tracking/store/bus.json --state runs/.rose-sink
   rose status --json            # machine-readable
 
 Without --bus it asks the broker of ./rose-store/bus.json (or $ROSE_BUS) when
@@ -75,9 +75,9 @@ and, for --bus HOME/store/bus.json, under HOME/state/*/ (where rose-daemons keep
 
 TAIL_EPILOG = """\
 examples:
-  rose tail --bus ~/rose-store/bus.json                 # live, one line per event
-  rose tail --bus ~/rose-store/bus.json --last 20 --run myexp
-  rose tail --bus ~/rose-store/bus.json --count 100 --duration 60
+  rose tail --bus ~/rose-tracking/store/bus.json                 # live, one line per event
+  rose tail --bus ~/rose-tracking/store/bus.json --last 20 --run myexp
+  rose tail --bus ~/rose-tracking/store/bus.json --count 100 --duration 60
 
 On a terminal it shows a live board (one row per run and learner, plus the
 local sinks' progress), refreshed in place; piped, or with --lines, one line
@@ -286,7 +286,13 @@ def run_sink(args: argparse.Namespace) -> int:
     state = Path(args.state) if args.state else Path(module.default_state_dir(args))
     runtime = SinkRuntime(sink, source, state_dir=state, config=config, name=args.kind)
     _install_signals(runtime.stop)
-    log.info("rose sink %s: checkpoint and status in %s", args.kind, state)
+    # One line, as the broker prints: where it reads, where it keeps its state.
+    print(
+        f"rose sink {args.kind}: following the broker of {args.bus or args.backend}; "
+        f"checkpoint and status in {state} (see `rose status`); Ctrl-C or SIGTERM stops it",
+        file=sys.stderr,
+        flush=True,
+    )
     counters = _run_runtime(runtime)
     log.info("rose sink %s stopped: %s", args.kind, counters)
     return 0
@@ -804,7 +810,7 @@ def _duration(seconds: float) -> str:
 
 def _run_status_text(r: dict[str, Any]) -> str:
     """One run of a sink: where it is, its criterion metric, progress."""
-    where = {"start": "started", "stop": "stopped"}.get(r.get("kind"), "running")
+    where = {"start": "started", "stop": "finished"}.get(r.get("kind"), "running")
     if r.get("iteration") is not None:
         where += f", iteration {r['iteration']}"
     value = r.get("metric_value")
