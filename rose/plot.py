@@ -37,9 +37,12 @@ def _log_scale_helps(values: list[float]) -> bool:
 
 
 def _outcome(h: RunHistory) -> str:
+    n = len(h.learners)
+    done = f"{n} learners, {h.iterations} iterations in all" if n > 1 else (
+        f"{h.iterations} iteration(s)")
     if h.reason is None:
-        return f"still running, {h.iterations} iteration(s) so far"
-    return f"{h.reason.replace('_', ' ')} after {h.iterations} iteration(s)"
+        return f"still running ({done} so far)"
+    return f"{h.reason.replace('_', ' ')} ({done})"
 
 
 def figure_title(runs: dict[str, RunHistory]) -> str:

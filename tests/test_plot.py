@@ -97,9 +97,10 @@ def test_the_figure_names_the_run_and_its_outcome_and_a_live_run_says_so(paralle
     (h,) = runs.values()
     reason = h.reason.replace("_", " ")
     assert figure_title(runs) == (
-        f"plot: ParallelActiveLearner, {reason} after {h.iterations} iteration(s)"
+        f"plot: ParallelActiveLearner, {reason} (3 learners, {h.iterations} iterations in all)"
     )
     h.reason = None  # as the log of a run that has not stopped yet reads
     assert figure_title(runs) == (
-        f"plot: ParallelActiveLearner, still running, {h.iterations} iteration(s) so far"
+        f"plot: ParallelActiveLearner, still running (3 learners, {h.iterations} iterations "
+        "in all so far)"
     )
