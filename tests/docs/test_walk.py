@@ -186,3 +186,10 @@ def test_quickstart_bus_in_three_commands_then_status_tail_and_replay(checkout, 
     assert pattern("broker: broker at <ep> did not answer 'stats' within <ms> ms "
                    "(is `rose bus` running there?)").match(first), first
     assert "sink file [stopped]" in down.stdout
+    # With no sink to show either, the broker's silence is the one line (exit 2).
+    alone = checkout / "no-sinks-here"
+    alone.mkdir()
+    down = sh("rose status --bus ../rose-store/bus.json", alone, ok=False)
+    assert down.returncode == 2 and down.stdout == ""
+    (line,) = down.stderr.splitlines()
+    assert line.startswith("rose status: error: broker at tcp://127.0.0.1:") and "'stats'" in line
