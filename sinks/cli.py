@@ -882,7 +882,9 @@ def format_tail_line(event: dict[str, Any], rate: float, now: float) -> str:
         if body.get("learner_id") is not None:
             what += f" learner {body['learner_id']}"
         if body.get("metric_name") is not None:
-            what += f" {body['metric_name']}={body.get('metric_value')}"
+            value = body.get("metric_value")
+            shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+            what += f" {body['metric_name']}={shown}"
     elif kind == "start":
         what = f"start {body.get('learner_type')}"
     else:
