@@ -47,7 +47,7 @@ def test_keys_daemons_learner_and_watching_as_the_page_says(home, tmp_path):
 
     prefix = " && ".join(_page_exports())
     daemons = f"{prefix} && {DAEMONS}"
-    start = sh(f"{daemons} start", home_dir, env=env, timeout=60)
+    start = sh(f"{daemons} start", home_dir, env=env, timeout=150)
     for name in ("bus", "sink-file", "sink-mlflow"):
         assert re.search(rf"^started {name} \(pid \d+\), log ", start.stdout, re.M), start.stdout
     status = sh(f"{daemons} status", home_dir, env=env)
