@@ -15,6 +15,11 @@ ensure_venv() {
   have=""
   [ "${stamp%%-*}" = "$hash" ] && have="${stamp#*-}"
   want="$(printf '%s\n' ${have//,/ } ${extras//,/ } | sort -u | paste -sd, -)"
+  # dev holds every other extra's packages (pyproject.toml): with it, they are installed.
+  case ",$want," in
+    *,dev,*) want="$(printf '%s\n' ${want//,/ } | grep -vxE 'examples|mlflow|clearml|dask|plot' \
+                     | paste -sd, -)" ;;
+  esac
   if [ "$want" != "$have" ]; then
     echo "installing rose[${want}] into .venv..." >&2
     # (warnings off: setuptools warns on every editable install of a package named like its folder)
