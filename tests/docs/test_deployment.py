@@ -10,7 +10,6 @@ import re
 import signal
 import socket
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -22,9 +21,13 @@ DAEMONS = REPO / "scripts" / "slurm" / "rose-daemons"
 
 
 @pytest.fixture
-def home(tmp_path) -> tuple[Path, dict[str, str]]:
+def home(tmp_path):
     ports = ",".join(str(free_port()) for _ in range(3))
-    return tmp_path, shell_env(HOME=str(tmp_path), ROSE_PORTS=ports)
+    env = shell_env(HOME=str(tmp_path), ROSE_PORTS=ports)
+    yield tmp_path, env
+    # Whatever failed above, nothing the test started outlives it.
+    subprocess.run([str(DAEMONS), "stop"], cwd=tmp_path, env=env, capture_output=True,
+                   timeout=120)
 
 
 def _page_exports() -> list[str]:
