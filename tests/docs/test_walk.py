@@ -168,11 +168,9 @@ def test_quickstart_bus_in_three_commands_then_status_tail_and_replay(checkout, 
         assert "5 event(s) into file: 0 applied, 5 duplicate(s) skipped" in replay
         code, err = _stop(sink, signal.SIGINT)  # Ctrl-C: finishes, checkpoints, exits 0
         assert code == 0 and err.startswith("rose sink file: following the broker of rose-store/")
-        again = _popen(["rose", "sink", "file", "--out", "runs/"], checkout)
-        assert wait_until(lambda: "pid" in (checkout / "runs/.rose-sink/status.json").read_text()
-                          and str(again.pid) in (checkout / "runs/.rose-sink/status.json")
-                          .read_text())
-        sink = again
+        sink = again = _popen(["rose", "sink", "file", "--out", "runs/"], checkout)
+        assert wait_until(lambda: f'"pid": {again.pid}' in (
+            checkout / "runs/.rose-sink/status.json").read_text())
         assert all(len(p.read_text().splitlines()) == 5 for p in logs())  # nothing twice
     finally:
         if sink is not None:
