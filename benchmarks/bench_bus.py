@@ -1,4 +1,4 @@
-"""Bus benchmarks (DESIGN §8), reported as ratios measured in one run.
+"""Bus benchmarks (targets in docs/benchmarks.md), reported as ratios measured in one run.
 
 1. ``BusTracker.on_iteration`` with a 20-key state: median and p99, against the raw
    floor (msgpack of the same event + a non-blocking PUB send) measured here, with

@@ -1,4 +1,4 @@
-"""MLflow benchmark (DESIGN §8): sink ingest from a backlog vs the in-process tracker.
+"""MLflow benchmark (docs/benchmarks.md): sink ingest from a backlog vs the in-process tracker.
 
 Both sides write the same runs (a 20-key state plus the criterion metric: 21
 metrics per iteration; then a 6-key state) to MLflow on SQLite in a temporary
@@ -36,7 +36,7 @@ from rose.tracking import EventContext, IterationState, PipelineManifest, delive
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 10.0
-#: State sizes measured: DESIGN §8's 20-key state (the headline), and 6 keys like the
+#: State sizes measured: a 20-key state (the headline), and 6 keys like the
 #: Branin example's.  MLflow's per-metric insert cost is the sink's floor, so the
 #: ratio depends on how many metrics an iteration carries.
 STATE_SIZES = (20, 6)
@@ -95,9 +95,9 @@ def bench_in_process(uri: str, iterations: int, keys: int) -> dict[str, Any]:
 
 
 def bench_per_call(uri: str, iterations: int, keys: int) -> dict[str, Any]:
-    """Reference: one ``log_metric`` per value, as the seed's hand-written tracker does.
+    """Reference: one ``log_metric`` per value, as a hand-written MLflow tracker does.
 
-    Not what MLflowTracker does; it is the ~70 ms/iteration anchor of DESIGN §8.
+    Not what MLflowTracker does; it is the ~70 ms/iteration cost users start from.
     """
     from mlflow import MlflowClient
 
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                 sink_rate / scen["per_call_reference"]["iterations_per_s"]
             )
             results["scenarios"].append(scen)
-    # The headline: DESIGN §8's 20-key state.
+    # The headline: the 20-key state.
     results["ratio"] = results["scenarios"][0]["ratio"]
     _print(results)
     out = Path(args.json)
@@ -251,8 +251,8 @@ def _print(r: dict[str, Any]) -> None:
     print(
         f"\nheadline (21 metrics/iteration): sink {r['ratio']:.1f}x MLflowTracker "
         f"(target >= {r['target_ratio']:.0f}x: {verdict}).  The sink spends nearly all its "
-        "time inside MLflow's per-metric inserts;\nthe log_metric/value column is the seed's "
-        "hand-written pattern (DESIGN's ~70 ms anchor), not MLflowTracker."
+        "time inside MLflow's per-metric inserts;\nthe log_metric/value column is a "
+        "hand-written tracker's pattern (~70 ms per iteration), not MLflowTracker."
     )
 
 

@@ -1,4 +1,4 @@
-"""Sink benchmarks (DESIGN §8): file-sink catch-up from the store, and replay.
+"""Sink benchmarks (docs/benchmarks.md): file-sink catch-up from the store, and replay.
 
 1. Catch-up: a broker process (``python -m bus``) holds N events of several
    runs in its store; a file sink (the real runtime, in this process) starts

@@ -29,10 +29,10 @@ broker's public key, so clients that read it only need their own key pair.
 
 BUS_EPILOG = """\
 examples:
-  rose bus --store ~/rose-store
-  rose keys generate ~/.rose/keys
-  rose bus --store ~/rose-store --frontend tcp://0.0.0.0:5555 \\
-      --curve-secret-key ~/.rose/keys/broker.key_secret --authorized-keys ~/.rose/keys/authorized
+  rose bus --store ~/rose-tracking/store
+  rose keys generate ~/rose-tracking/keys
+  rose bus --store ~/rose-tracking/store --frontend tcp://0.0.0.0:5555 \\
+      --curve-secret-key ~/rose-tracking/keys/broker.key_secret --authorized-keys ~/rose-tracking/keys/authorized
 """
 
 KEYS_HELP = """\
@@ -46,12 +46,12 @@ NAME.key_secret (add --authorize to let it in).  Secret files are created
 
 KEYS_EPILOG = """\
 examples:
-  rose keys generate ~/.rose/keys
-  rose bus --curve-secret-key ~/.rose/keys/broker.key_secret \\
-           --authorized-keys ~/.rose/keys/authorized --store ~/rose-store
-  rose sink file --bus ~/rose-store/bus.json --client-key ~/.rose/keys/client.key_secret --out runs/
-  # learner:  BusTracker(bus="~/rose-store/bus.json", client_key="~/.rose/keys/client.key_secret")
-  rose keys generate ~/.rose/keys --name sinks --authorize
+  rose keys generate ~/rose-tracking/keys
+  rose bus --curve-secret-key ~/rose-tracking/keys/broker.key_secret \\
+           --authorized-keys ~/rose-tracking/keys/authorized --store ~/rose-tracking/store
+  rose sink file --bus ~/rose-tracking/store/bus.json --client-key ~/rose-tracking/keys/client.key_secret --out runs/
+  # learner:  BusTracker(bus="~/rose-tracking/store/bus.json", client_key="~/rose-tracking/keys/client.key_secret")
+  rose keys generate ~/rose-tracking/keys --name sinks --authorize
 """
 
 

@@ -29,9 +29,9 @@ into a new sink at any time.
 
 EPILOG = """\
 typical session (login node):
-  rose bus --store ~/rose-store &            # the broker
-  rose sink file --bus ~/rose-store/bus.json --out runs/ &
-  # in the learner script:  learner.add_tracker(BusTracker(bus="~/rose-store/bus.json"))
+  rose bus --store ~/rose-tracking/store &            # the broker
+  rose sink file --bus ~/rose-tracking/store/bus.json --out runs/ &
+  # in the learner script:  learner.add_tracker(BusTracker(bus="~/rose-tracking/store/bus.json"))
   rose replay runs/*.jsonl --into file --out copy/   # later, anywhere
 
 `rose COMMAND --help` explains each command.

@@ -50,7 +50,11 @@ def run_plot(args: argparse.Namespace) -> int:
     try:
         import matplotlib  # noqa: F401
     except ModuleNotFoundError:
-        raise UsageError("rose plot needs matplotlib: pip install 'rose[plot]'") from None
+        from rose.extras import install_hint
+
+        raise UsageError(
+            f"rose plot needs matplotlib: pip install matplotlib, or {install_hint('plot')}"
+        ) from None
     try:
         runs = history.load(paths)
     except (OSError, UnicodeDecodeError) as exc:
@@ -60,6 +64,13 @@ def run_plot(args: argparse.Namespace) -> int:
     from rose.plot import plot
 
     keys = [k.strip() for k in args.keys.split(",") if k.strip()]
+    known = sorted({k for h in runs.values() for s in h.learners.values() for k in s.keys})
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise UsageError(
+            f"no iteration in the logs has a numeric state key {', '.join(map(repr, unknown))}; "
+            f"the logs hold: {', '.join(known) or 'no numeric state keys'}"
+        )
     out = plot(runs, args.output, keys=keys, log_scale=args.log_scale)
     curves = sum(len(h.learners) for h in runs.values())
     print(f"wrote {out}: {len(runs)} run(s), {curves} curve(s)")

@@ -42,7 +42,7 @@ async def engine(
 
     ``kind`` is ``"threads"`` (function tasks in a thread pool of ``workers``)
     or ``"dask"``: a scheduler at ``address`` when given, else a LocalCluster of
-    ``workers`` processes started here (``pip install 'rose[dask]'``).
+    ``workers`` processes started here (``pip install -e '.[dask]'`` in the repository).
     """
     from rhapsody.backends import ConcurrentExecutionBackend
 
@@ -54,7 +54,9 @@ async def engine(
             from dask.distributed import LocalCluster
             from rhapsody.backends import DaskExecutionBackend
         except ImportError as exc:
-            raise ImportError("Dask execution needs: pip install 'rose[dask]'") from exc
+            from rose.extras import install_hint
+
+            raise ImportError(f"Dask execution needs the dask extra: {install_hint('dask')}") from exc
         if address:
             backend = await DaskExecutionBackend(resources={"address": address})
         else:

@@ -8,7 +8,7 @@ the checkout with the extra that brings the dependency.
 from __future__ import annotations
 
 #: How to install an extra of this project; ``{extra}`` is e.g. ``mlflow``.
-INSTALL_COMMAND = "pip install -e '<path to this repository>[{extra}]'"
+INSTALL_COMMAND = "pip install -e '.[{extra}]' (in this project's repository clone)"
 
 
 def install_hint(extra: str) -> str:

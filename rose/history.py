@@ -8,11 +8,28 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from rose.eventlog import read_events
+
+_UUID_TAIL = re.compile(r"^(.+-)?([0-9a-f]{32})$")
+
+
+def short_run(run: str) -> str:
+    """``name-<32 hex>`` as ``name-<first 8 hex>…``: the name is what people read."""
+    m = _UUID_TAIL.match(run)
+    if m is None:
+        return run
+    return f"{m.group(1) or ''}{m.group(2)[:8]}…"
+
+
+def run_name(run: str) -> str | None:
+    """The ``run_name=`` a learner was given (the run id without its uuid), if any."""
+    m = _UUID_TAIL.match(run)
+    return m.group(1)[:-1] if m and m.group(1) else None
 
 
 @dataclass

@@ -159,3 +159,34 @@ def resolve_operator(metric_name: str, operator: str = "") -> str:
 
 def compare(value: float, threshold: float, operator: str) -> bool:
     return bool(COMPARATORS[operator](value, threshold))
+
+
+#: How people write the known metrics whose names are spelled out (plots, `rose tail`).
+LABELS: dict[str, str] = {
+    MEAN_SQUARED_ERROR_MSE: "MSE",
+    MEAN_ABSOLUTE_ERROR_MAE: "MAE",
+    ROOT_MEAN_SQUARED_ERROR_RMSE: "RMSE",
+    R2_SCORE: "R²",
+    AREA_UNDER_LEARNING_CURVE_AUC: "AUC",
+    EXPECTED_MODEL_IMPROVEMENT_EMI: "expected model improvement",
+    F1_SCORE: "F1 score",
+    NEGATIVE_LOG_LIKELIHOOD: "negative log-likelihood",
+}
+
+#: Units of the known metrics that have one.
+UNITS: dict[str, str] = {
+    TIME_TO_CONVERGENCE: "s",
+    TRAINING_TIME: "s",
+}
+
+
+def label(name: str, *, unit: bool = False) -> str:
+    """A metric or state key as a reader writes it: ``mean_squared_error_mse`` -> ``MSE``.
+
+    Unknown names keep their words (``train_loss`` -> ``train loss``); ``unit=True``
+    appends the unit of a metric that has one (``training time (s)``).
+    """
+    text = LABELS.get(name) or name.replace("_", " ")
+    if unit and name in UNITS:
+        text += f" ({UNITS[name]})"
+    return text

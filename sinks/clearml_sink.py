@@ -491,7 +491,7 @@ def worker_main() -> None:
 CLI_HELP = "one ClearML task per run (hyperparameters, per-learner scalars, stop tags)"
 CLI_EPILOG = """\
 examples:
-  rose sink clearml --bus ~/rose-store/bus.json --project ROSE-Materials-UQ
+  rose sink clearml --bus ~/rose-tracking/store/bus.json --project ROSE-Materials-UQ
   rose sink clearml --backend tcp://127.0.0.1:5556 --replay tcp://127.0.0.1:5557 \\
       --project ROSE --task-name "gp-{run}" --learner-names A,B
   CLEARML_OFFLINE_MODE=1 rose replay runs/*.jsonl --into clearml --project ROSE

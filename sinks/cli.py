@@ -42,8 +42,8 @@ Point it at the broker with --bus STORE/bus.json or --backend/--replay.
 
 SINK_EPILOG = """\
 examples:
-  rose sink file --bus ~/rose-store/bus.json --out runs/
-  rose sink tracker mypkg.trackers:MyTracker --arg every=5 --bus ~/rose-store/bus.json
+  rose sink file --bus ~/rose-tracking/store/bus.json --out runs/
+  rose sink tracker mypkg.trackers:MyTracker --arg every=5 --bus ~/rose-tracking/store/bus.json
   rose status --state runs/.rose-sink          # its counters while it runs
 """
 
@@ -65,18 +65,19 @@ examples:
 
 STATUS_EPILOG = """\
 examples:
-  rose status --bus ~/rose-store/bus.json --state runs/.rose-sink
+  rose status --bus ~/rose-tracking/store/bus.json --state runs/.rose-sink
   rose status --json            # machine-readable
 
 Without --bus it asks the broker of ./rose-store/bus.json (or $ROSE_BUS) when
-present; without --state it looks for sinks under ./.rose-sink/ and ./*/.rose-sink.
+present; without --state it looks for sinks under ./.rose-sink/*/ and ./*/.rose-sink/,
+and, for --bus HOME/store/bus.json, under HOME/state/*/ (where rose-daemons keeps them).
 """
 
 TAIL_EPILOG = """\
 examples:
-  rose tail --bus ~/rose-store/bus.json                 # live, one line per event
-  rose tail --bus ~/rose-store/bus.json --last 20 --run myexp
-  rose tail --bus ~/rose-store/bus.json --count 100 --duration 60
+  rose tail --bus ~/rose-tracking/store/bus.json                 # live, one line per event
+  rose tail --bus ~/rose-tracking/store/bus.json --last 20 --run myexp
+  rose tail --bus ~/rose-tracking/store/bus.json --count 100 --duration 60
 
 On a terminal it shows a live board (one row per run and learner, plus the
 local sinks' progress), refreshed in place; piped, or with --lines, one line
@@ -285,7 +286,13 @@ def run_sink(args: argparse.Namespace) -> int:
     state = Path(args.state) if args.state else Path(module.default_state_dir(args))
     runtime = SinkRuntime(sink, source, state_dir=state, config=config, name=args.kind)
     _install_signals(runtime.stop)
-    log.info("rose sink %s: checkpoint and status in %s", args.kind, state)
+    # One line, as the broker prints: where it reads, where it keeps its state.
+    print(
+        f"rose sink {args.kind}: following the broker of {args.bus or args.backend}; "
+        f"checkpoint and status in {state} (see `rose status`); Ctrl-C or SIGTERM stops it",
+        file=sys.stderr,
+        flush=True,
+    )
     counters = _run_runtime(runtime)
     log.info("rose sink %s stopped: %s", args.kind, counters)
     return 0
@@ -541,7 +548,15 @@ def _replay_into(
     )
     if stopping:
         return 130
+    if c.applied + c.duplicates + c.failed == 0:
+        return _nothing_valid()
     return 1 if c.failed else 0
+
+
+def _nothing_valid() -> int:
+    print("rose replay: error: the logs hold no valid event (are they rose event logs?)",
+          file=sys.stderr)
+    return 1
 
 
 def _try_parallel(
@@ -629,7 +644,9 @@ def _publish(args: argparse.Namespace, source: ChainSource) -> int:
             file=sys.stderr,
         )
         return 1
-    return 130 if stopping["flag"] else 0
+    if stopping["flag"]:
+        return 130
+    return 0 if n else _nothing_valid()
 
 
 # ------------------------------------------------------------------ rose status
@@ -671,11 +688,19 @@ def _default_bus(args: argparse.Namespace) -> bool:
     return False
 
 
-def _sink_state_dirs(given: list[str] | None) -> list[Path]:
+def _sink_state_dirs(given: list[str] | None, bus: str | None = None) -> list[Path]:
+    """The sinks to show: --state DIRs, else those found where rose puts them.
+
+    That is ./.rose-sink/*/ and ./*/.rose-sink/ (the defaults of `rose sink`), and,
+    for a bus file STORE/bus.json, STORE/../state/*/ (the layout of rose-daemons).
+    """
     if given:
         return [Path(d) for d in given]
     found = [p.parent for p in STATE_ROOT.glob("*/status.json")]
     found += [p.parent for p in Path(".").glob("*/.rose-sink/status.json")]
+    if bus and "://" not in bus:
+        home = Path(bus).expanduser().parent.parent
+        found += [p.parent for p in (home / "state").glob("*/status.json")]
     return sorted(set(found))
 
 
@@ -717,7 +742,7 @@ def run_status(args: argparse.Namespace) -> int:
             broker_error = str(exc)
         finally:
             source.close()
-    for d in _sink_state_dirs(args.state):
+    for d in _sink_state_dirs(args.state, args.bus):
         status = read_status(d)
         if status is None:
             if args.state:
@@ -728,13 +753,14 @@ def run_status(args: argparse.Namespace) -> int:
         report["sinks"].append(status)
     if broker_error is not None:
         report["broker_error"] = broker_error
+    nothing = report["broker"] is None and not report["sinks"]
     if args.json:
         import json
 
         print(json.dumps(report, indent=2, default=str))
-    else:
+    elif not nothing:  # with nothing to show, the error below is the one line
         _print_status(report)
-    if report["broker"] is None and not report["sinks"]:
+    if nothing:
         if broker_error:
             raise UsageError(broker_error)
         raise UsageError(
@@ -757,24 +783,49 @@ def _print_status(report: dict[str, Any]) -> None:
         print(f"broker: {report['broker_error']}")
     for s in report["sinks"]:
         c = s.get("counters", {})
-        latency = s.get("latency_s")
-        lat = f", latency {latency * 1000:.1f} ms" if isinstance(latency, (int, float)) else ""
         print(
             f"sink {s.get('sink')} [{s['health']}] pid {s.get('pid')} ({s['state_dir']}): "
             f"applied {c.get('applied')}, duplicates {c.get('duplicates')}, gaps {c.get('gaps')}, "
             f"retries {c.get('retries')}, failed {c.get('failed')}, invalid {c.get('invalid')}, "
-            f"lag {s.get('lag')} event(s){lat}"
+            f"lag {s.get('lag')} event(s){_latency_text(s.get('latency_s'))}"
         )
         for r in s.get("runs", [])[:10]:
-            metric = ""
-            if r.get("metric_name") is not None:
-                metric = f" {r['metric_name']}={r.get('metric_value')}"
-            flag = " RETRYING: " + r["last_error"] if r.get("retrying") else ""
-            print(
-                f"  {r['run']}: {r.get('kind')} iteration {r.get('iteration')}{metric}, "
-                f"next seq {r.get('next_seq')}, {r.get('events_per_s')} ev/s"
-                f"{' (done)' if r.get('done') else ''}{flag}"
-            )
+            print("  " + _run_status_text(r))
+
+
+def _latency_text(latency: Any) -> str:
+    """Live latency in ms; an old event (caught up from the store) by its age instead."""
+    if not isinstance(latency, (int, float)):
+        return ""
+    if latency < 1.0:
+        return f", latency {latency * 1000:.0f} ms"
+    return f", last event applied {_duration(latency)} after it was emitted"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _run_status_text(r: dict[str, Any]) -> str:
+    """One run of a sink: where it is, its criterion metric, progress."""
+    where = {"start": "started", "stop": "finished"}.get(r.get("kind"), "running")
+    if r.get("iteration") is not None:
+        where += f", iteration {r['iteration']}"
+    value = r.get("metric_value")
+    if r.get("metric_name") is not None:
+        shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+        where += f", {r['metric_name']}={shown}"
+    flag = " RETRYING: " + r["last_error"] if r.get("retrying") else ""
+    rate = r.get("events_per_s")
+    rate_text = f"{rate:.1f}" if isinstance(rate, (int, float)) else str(rate)
+    return (
+        f"{r['run']}: {where}; next seq {r.get('next_seq')}, {rate_text} ev/s"
+        f"{' (done)' if r.get('done') else ''}{flag}"
+    )
 
 
 # ------------------------------------------------------------------ rose tail
@@ -833,7 +884,9 @@ def format_tail_line(event: dict[str, Any], rate: float, now: float) -> str:
         if body.get("learner_id") is not None:
             what += f" learner {body['learner_id']}"
         if body.get("metric_name") is not None:
-            what += f" {body['metric_name']}={body.get('metric_value')}"
+            value = body.get("metric_value")
+            shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+            what += f" {body['metric_name']}={shown}"
     elif kind == "start":
         what = f"start {body.get('learner_type')}"
     else:
@@ -860,7 +913,7 @@ def run_tail(args: argparse.Namespace) -> int:
 
         from sinks.tail_view import TailBoard
 
-        board = TailBoard(_sink_state_dirs(args.state))
+        board = TailBoard(_sink_state_dirs(args.state, args.bus))
         live = Live(board.render(), refresh_per_second=4)
         live.__enter__()
     try:

@@ -173,7 +173,7 @@ class FileRunSink(RunSink):
 CLI_HELP = "write each run to OUT/<run>.jsonl (the FileTracker's format, byte for byte)"
 CLI_EPILOG = """\
 examples:
-  rose sink file --bus ~/rose-store/bus.json --out runs/
+  rose sink file --bus ~/rose-tracking/store/bus.json --out runs/
   rose sink file --backend tcp://127.0.0.1:5556 --replay tcp://127.0.0.1:5557 --out runs/
   rose replay runs/*.jsonl --into file --out copy/
 

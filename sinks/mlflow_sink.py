@@ -1,6 +1,6 @@
 """The MLflow sink: every rose run on the bus as an MLflow run.
 
-``rose sink mlflow --bus ~/rose-store/bus.json [--tracking-uri URI] [--experiment NAME]``
+``rose sink mlflow --bus ~/rose-tracking/store/bus.json [--tracking-uri URI] [--experiment NAME]``
 
 The mapping is the in-process MLflowTracker's
 (:mod:`rose.integrations.mlflow_mapping`), so a run looks the same in MLflow
@@ -42,8 +42,8 @@ DEFAULT_MAX_ATTEMPTS: int | None = None
 CLI_HELP = "log each run to MLflow: manifest params, per-iteration metrics, stop tags, status"
 CLI_EPILOG = """\
 examples:
-  rose sink mlflow --bus ~/rose-store/bus.json                       # ./mlflow.db
-  rose sink mlflow --bus ~/rose-store/bus.json --tracking-uri http://127.0.0.1:5000 \\
+  rose sink mlflow --bus ~/rose-tracking/store/bus.json                       # ./mlflow.db
+  rose sink mlflow --bus ~/rose-tracking/store/bus.json --tracking-uri http://127.0.0.1:5000 \\
       --experiment surrogate-v1
   rose replay runs/*.jsonl --into mlflow --experiment surrogate-v1
   mlflow ui --backend-store-uri sqlite:///mlflow.db

@@ -1,7 +1,7 @@
 """Replaying JSONL logs in parallel: runs are independent, so logs split by run.
 
 Parsing and validating a line of JSON costs about 10 µs in CPython, which caps
-one process well under the 100k events/s the design asks of a file replay.
+one process well under the 100k events/s docs/benchmarks.md targets for a file replay.
 Runs never share state, so :func:`plan_groups` scans the logs' envelopes
 (a regex per line, no JSON), groups logs that share a run, and
 :func:`replay_parallel` gives each group of logs to its own process running

@@ -161,8 +161,8 @@ CLI_HELP = "post each run's end (and optional start/milestones) to a Slack incom
 CLI_EPILOG = """\
 examples:
   export ROSE_SLACK_WEBHOOK=https://hooks.slack.com/services/...
-  rose sink slack --bus ~/rose-store/bus.json --notify-start --milestones 0.1,0.05
-  rose sink slack --bus ~/rose-store/bus.json --webhook-file ~/.config/rose/slack-webhook
+  rose sink slack --bus ~/rose-tracking/store/bus.json --notify-start --milestones 0.1,0.05
+  rose sink slack --bus ~/rose-tracking/store/bus.json --webhook-file ~/.config/rose/slack-webhook
 
 The webhook URL is a secret: it is read from the environment variable named by
 --webhook-env or from a file readable only by you (chmod 600), never from the

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rose.history import short_run
+
 MAX_ROWS = 40  # most recently active rows shown; the board itself keeps at most 10x that
 
 
@@ -49,20 +51,26 @@ class TailBoard:
 
         table = Table(title=f"live runs ({time.strftime('%H:%M:%S')})", min_width=80)
         names = {row["metric_name"] for row in self.rows.values() if row["metric_name"]}
-        table.add_column("run", no_wrap=True, max_width=46)
-        for col in ("learner", "iteration", " / ".join(sorted(names)) or "metric"):
-            table.add_column(col, justify="right")
-        table.add_column("state")
+        from rose.metrics import label
+
+        metric_header = " / ".join(label(n) for n in sorted(names)) or "metric"
+        # The run id stays whole up to its name; numbers never shrink (rich would cut them).
+        table.add_column("run", overflow="ellipsis", min_width=12)
+        table.add_column("learner", justify="right", no_wrap=True, min_width=7)
+        table.add_column("iteration", justify="right", no_wrap=True, min_width=9)
+        table.add_column(metric_header, justify="right", no_wrap=True, min_width=10)
+        table.add_column("state", no_wrap=True, min_width=13)
         for col in ("events/s", "lag"):
-            table.add_column(col, justify="right")
+            table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
         shown = sorted(self.rows.items(), key=lambda kv: kv[1]["seen"], reverse=True)[:MAX_ROWS]
         for (run, lid), row in sorted(shown, key=lambda kv: (kv[0][0], str(kv[0][1]))):
             info = self.runs.get(run, {})
             value = row["metric_value"]
-            metric = "" if value is None else f"{value:.6g}"
-            state = info.get("reason") or ("criterion met" if row["should_stop"] else "running")
-            table.add_row(run[-40:], "" if lid is None else str(lid), str(row["iteration"]), metric,
-                          state, f"{info.get('rate', 0):.1f}", f"{info.get('lag_ms', 0):.0f} ms")
+            metric = "" if value is None else f"{value:.4g}"
+            reason = info.get("reason") or ("criterion_met" if row["should_stop"] else "running")
+            table.add_row(short_run(run), "" if lid is None else str(lid), str(row["iteration"]),
+                          metric, reason, f"{info.get('rate', 0):.1f}",
+                          f"{info.get('lag_ms', 0):.0f} ms")
         if not shown:
             table.add_row("(waiting for events…)", "", "", "", "", "", "")
         parts: list[Any] = [table]

@@ -128,9 +128,9 @@ def _kw(kwargs: dict[str, Any]) -> str:
 CLI_HELP = "drive any TrackerBase (module:Class), one instance per run"
 CLI_EPILOG = """\
 examples:
-  rose sink tracker mypkg.trackers:PrintTracker --bus ~/rose-store/bus.json
+  rose sink tracker mypkg.trackers:PrintTracker --bus ~/rose-tracking/store/bus.json
   rose sink tracker rose.integrations.file_tracker:FileTracker --arg path=copy/ \\
-      --bus ~/rose-store/bus.json
+      --bus ~/rose-tracking/store/bus.json
   rose replay runs/*.jsonl --into tracker --tracker mypkg.trackers:PrintTracker
 
 --arg values are parsed as JSON when they can be (3, true, "x", [1, 2]),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,7 +55,29 @@ async def test_demo_end_to_end(demo, tmp_path, chaos, capsys):
     assert result.nothing_lost
     assert (result.chaos is not None) == chaos
 
-    text = demo.summary(result)
-    assert "nothing lost, nothing duplicated" in text
-    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'out' / 'mlflow.db'}" in text
     assert result.plot.stat().st_size > 10_000 and result.jsonl.is_file()
+    if chaos:
+        return
+    # The closing commands work as printed, in a plain shell (no venv on PATH), from where
+    # the user ran the demo.
+    caller = tmp_path / "elsewhere"
+    caller.mkdir()
+    os.environ["ROSE_DEMO_CWD"] = str(caller)
+    try:
+        text = demo.summary(result)
+    finally:
+        del os.environ["ROSE_DEMO_CWD"]
+    assert "nothing lost, nothing duplicated" in text
+    commands = {
+        line.split(":", 1)[0]: line.split(":", 1)[1].strip()
+        for line in text.splitlines() if line.startswith(("browse in MLflow", "replay into"))
+    }
+    mlflow_ui = shlex.split(commands["browse in MLflow"])
+    assert mlflow_ui[1:] == ["ui", "--backend-store-uri", f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"]
+    assert os.access(caller / mlflow_ui[0], os.X_OK)
+    plain = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.run(["bash", "-c", commands["replay into a new sink"]], cwd=caller,
+                          env=plain, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    copy = tmp_path / "out" / "replayed" / result.jsonl.name
+    assert copy.read_bytes() == result.jsonl.read_bytes()

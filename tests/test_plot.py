@@ -55,7 +55,7 @@ def test_history_of_a_parallel_run(parallel_log):
 
 def test_rose_plot_writes_one_curve_per_learner(parallel_log, tmp_path, capsys):
     out = tmp_path / "m.png"
-    assert main(["plot", str(parallel_log), "-o", str(out), "--keys", "train_mse,missing"]) == 0
+    assert main(["plot", str(parallel_log), "-o", str(out), "--keys", "train_mse,n_labeled"]) == 0
     assert "1 run(s), 3 curve(s)" in capsys.readouterr().out
     import matplotlib.image
 
@@ -68,6 +68,11 @@ def test_rose_plot_writes_one_curve_per_learner(parallel_log, tmp_path, capsys):
     [
         (["plot", "nope.jsonl", "-o", "x.png"], "no such log file: nope.jsonl"),
         (["plot", "{log}", "-o", "x.pdf"], "output must be a .png file, got 'x.pdf'"),
+        (
+            ["plot", "{log}", "-o", "x.png", "--keys", "train_mse,nope"],
+            "no iteration in the logs has a numeric state key 'nope'; "
+            "the logs hold: n_labeled, train_mse",
+        ),
     ],
 )
 def test_rose_plot_user_errors_are_one_line(parallel_log, tmp_path, argv, message):
@@ -83,3 +88,19 @@ def test_rose_plot_takes_a_directory_of_logs(parallel_log, tmp_path, capsys):
     out = tmp_path / "dir.png"
     assert main(["plot", str(parallel_log.parent), "-o", str(out)]) == 0
     assert "1 run(s), 3 curve(s)" in capsys.readouterr().out and out.is_file()
+
+
+def test_the_figure_names_the_run_and_its_outcome_and_a_live_run_says_so(parallel_log):
+    from rose.plot import figure_title
+
+    runs = history.load([parallel_log])
+    (h,) = runs.values()
+    reason = h.reason.replace("_", " ")
+    assert figure_title(runs) == (
+        f"plot: ParallelActiveLearner, {reason} (3 learners, {h.iterations} iterations in all)"
+    )
+    h.reason = None  # as the log of a run that has not stopped yet reads
+    assert figure_title(runs) == (
+        f"plot: ParallelActiveLearner, still running (3 learners, {h.iterations} iterations "
+        "in all so far)"
+    )

@@ -1,4 +1,4 @@
-"""The user guide's code samples (tracking-and-observability.md), run as written."""
+"""The classic tracking samples (trackers written against ROSE's TrackerBase), run as written."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests.conftest import Recorder
 
 
 def register_seed_pipeline(learner, mse=(0.5, 0.1, 0.05, 0.009)):
-    """The seed's pipeline: dict-returning function tasks and an MSE < 0.01 criterion."""
+    """The classic samples' pipeline: dict-returning function tasks and an MSE < 0.01 criterion."""
     values = iter(mse)
     last = {"v": mse[-1]}
     n = {"labeled": 20}
@@ -83,7 +83,7 @@ async def test_loop_control_and_reading_state(engine):
     assert len(seen) == 4  # stopped by the criterion (0.009 < 0.01)
 
 
-# The seed's HPC_FileTracker, verbatim.
+# The classic HPC_FileTracker sample, verbatim.
 import json, time  # noqa: E401, E402, F811, I001
 from pathlib import Path  # noqa: E402, F811
 from rose import TrackerBase, PipelineManifest, IterationState  # noqa: E402, F811, I001
@@ -205,7 +205,7 @@ def webhook():
 async def test_custom_slack_tracker_sample(engine, webhook):
     url, received = webhook
 
-    # The seed's SlackTracker, verbatim.
+    # The classic SlackTracker sample, verbatim.
     from rose import TrackerBase  # optional — provides default no-ops
     class SlackTracker(TrackerBase):
         """Post a Slack message when the run finishes."""

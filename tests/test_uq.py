@@ -280,7 +280,7 @@ async def test_teach_is_a_deprecated_wrapper(engine):
 
 
 async def test_parallel_seed_call_stamps_names(engine, recorder):
-    # the seed's ClearML example, verbatim: no model_names
+    # the classic ClearML sample, verbatim: no model_names
     learner = build(engine, ParallelUQLearner, criterion=False)
     learner.add_tracker(recorder)
     states = []

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -374,7 +375,15 @@ def mlflow_steps(uri: str, run: str, learner_ids: list) -> dict[Any, int]:
 
 
 def summary(r: DemoResult) -> str:
-    rel = os.path.relpath
+    # Paths as seen from where the user ran scripts/demo (it passes that directory), and the
+    # commands through the environment's own bin/, so they work as printed in a plain shell.
+    caller = os.environ.get("ROSE_DEMO_CWD") or os.getcwd()
+
+    def rel(path: Path) -> str:
+        text = os.path.relpath(path, caller)
+        return shlex.quote(text if os.sep in text else os.path.join(".", text))
+
+    bin_dir = Path(sys.executable).parent
     lines = ["", f"run {r.run}: {r.reason}"]
     for lid, n in r.iterations.items():
         mse = r.final_mse.get(lid)
@@ -395,8 +404,10 @@ def summary(r: DemoResult) -> str:
         f"event log (JSON lines): {rel(r.jsonl)}",
         f"metric curves:          {rel(r.plot)}",
         f"daemon logs:            {rel(r.out / 'logs')}",
-        f"browse in MLflow:       mlflow ui --backend-store-uri {r.mlflow_uri}",
-        f"replay into a new sink: rose replay {rel(r.jsonl)} --into file --out replayed/",
+        f"browse in MLflow:       {rel(bin_dir / 'mlflow')} ui --backend-store-uri "
+        f"{shlex.quote(r.mlflow_uri)}",
+        f"replay into a new sink: {rel(bin_dir / 'rose')} replay {rel(r.jsonl)} --into file "
+        f"--out {rel(r.out / 'replayed')}",
     ]
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ Run it through the ordinary runtime with the launcher next to this file,
 which registers the kind as ``csv`` and then runs the ``rose`` command::
 
     python examples/custom_sink/rose_csv.py replay runs/ --into csv --out table/
-    python examples/custom_sink/rose_csv.py sink csv --bus ~/rose-store/bus.json --out table/
+    python examples/custom_sink/rose_csv.py sink csv --bus ~/rose-tracking/store/bus.json --out table/
 
 The file is its own checkpoint, like the file sink's: on open, a torn last
 row (a writer killed mid-row) is cut off and the last row's seq says where
@@ -156,7 +156,7 @@ class CsvRunSink(RunSink):
 CLI_HELP = "one CSV file per run, OUT/<run>.csv, a row per iteration (example kind)"
 CLI_EPILOG = """\
 examples:
-  rose sink csv --bus ~/rose-store/bus.json --out table/ --keys train_loss
+  rose sink csv --bus ~/rose-tracking/store/bus.json --out table/ --keys train_loss
   rose replay runs/ --into csv --out table/
 """
 #: Disk errors are usually transient (full disk, NFS hiccup): retry forever by default.

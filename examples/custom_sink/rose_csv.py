@@ -1,7 +1,7 @@
 """The ``rose`` command with the example ``csv`` sink kind registered.
 
     python examples/custom_sink/rose_csv.py replay runs/ --into csv --out table/
-    python examples/custom_sink/rose_csv.py sink csv --bus ~/rose-store/bus.json --out table/
+    python examples/custom_sink/rose_csv.py sink csv --bus ~/rose-tracking/store/bus.json --out table/
 
 Python puts this file's directory first on ``sys.path``, so ``csv_sink`` is
 importable here.  To make a kind permanent, add it to ``KINDS`` in

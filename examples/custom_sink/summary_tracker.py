@@ -7,7 +7,7 @@ In a learner script::
 On the login node, fed by the bus or by saved logs (one instance per run)::
 
     PYTHONPATH=examples/custom_sink rose sink tracker summary_tracker:SummaryTracker \\
-        --arg path=summary.txt --bus ~/rose-store/bus.json
+        --arg path=summary.txt --bus ~/rose-tracking/store/bus.json
     PYTHONPATH=examples/custom_sink rose replay runs/ --into tracker \\
         --tracker summary_tracker:SummaryTracker --arg path=summary.txt --state st/
 """

@@ -6,7 +6,9 @@ Every iteration trains each model of the ensemble, draws 3 predictions per
 model, scores their predictive variance on the unlabeled pool, labels the
 ``query_size`` most uncertain points, and validates each model on a test set.
 The run stops when every model's test MSE is below the threshold, or when the
-ensemble's mean predictive variance is below its own threshold.
+ensemble's mean predictive variance is below its own threshold.  Both fall as
+points are labeled: the model knows where it is unsure, and labeling there is
+what makes it right (ensemble_problem.py says why the kernels are fixed).
 With ``--learners A B``, a ParallelUQLearner runs one such loop per name, each
 from its own random start; every state carries its learner's name.
 
@@ -93,6 +95,7 @@ async def main(max_iter: int, learners: list[str], out: Path, mse: float, varian
     # 3. Start the loop: control logic only, tracking is automatic
     models = list(MODELS)
     finals = {}
+    firsts = {}
     try:
         if learners:
             roles = ("simulation", "training", "prediction", "uncertainty", "active_learn")
@@ -114,6 +117,7 @@ async def main(max_iter: int, learners: list[str], out: Path, mse: float, varian
             states = learner.start(models, num_predictions=NUM_PREDICTIONS, max_iter=max_iter)
         async for state in states:
             finals[state.learner_id] = state
+            firsts.setdefault(state.learner_id, state)
             who = f"[{state.learner_id}] " if state.learner_id is not None else ""
             mse_text = f"{state.metric_value:.4f}" if state.metric_value is not None else "  -   "
             print(
@@ -134,6 +138,16 @@ async def main(max_iter: int, learners: list[str], out: Path, mse: float, varian
             else f"{PREDICTIVE_VARIANCE} = {final.uq_value:.5f}"
         )
         print(f"final metric:  {who}{value} after {final.iteration + 1} iterations ({verdict})")
+    for name, final in finals.items():
+        first, who = firsts[name], f"[{name}] " if name is not None else ""
+        if first.metric_value is None or final.metric_value is None:
+            continue
+        print(
+            f"what it shows: {who}labeling the {QUERY_SIZE} most uncertain points per iteration "
+            f"({first.n_labeled} -> {final.n_labeled} labeled), the ensemble's predictive "
+            f"variance on the pool fell {first.uq_value:.3g} -> {final.uq_value:.3g} and the "
+            f"mean test MSE {first.metric_value:.3g} -> {final.metric_value:.3g}"
+        )
 
 
 if __name__ == "__main__":

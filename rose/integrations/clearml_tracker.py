@@ -1,5 +1,7 @@
 """ClearMLTracker: a run as one ClearML task, written in the learner's process.
 
+    pip install -e '.[clearml]'   # from the repository clone
+
     learner.add_tracker(ClearMLTracker(project_name="ROSE-Materials-UQ",
                                        task_name="ensemble-run-01"))
 

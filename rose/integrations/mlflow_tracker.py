@@ -1,5 +1,7 @@
 """MLflowTracker: a learner's run as an MLflow run, logged from inside the learner.
 
+    pip install -e '.[mlflow]'   # from the repository clone
+
     from rose.integrations.mlflow_tracker import MLflowTracker
     learner.add_tracker(MLflowTracker(experiment_name="surrogate-v1", run_name="gp-adaptive-kernel"))
 

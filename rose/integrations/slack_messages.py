@@ -3,7 +3,7 @@
 :class:`RunMessages` follows one run's events and says which messages they
 call for:
 
-* on ``stop`` (always): iterations, stop reason and final metric, the seed's
+* on ``stop`` (always): iterations, stop reason and final metric, the classic
   ``ROSE run finished — 4 iterations, reason: criterion_met, final metric:
   0.0090`` with the run id added; one line per learner for parallel runs;
 * on ``start`` (``notify_start``): learner type and stop criterion;

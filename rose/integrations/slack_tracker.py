@@ -1,4 +1,4 @@
-"""SlackTracker: the seed's example made real.
+"""SlackTracker: a Slack message when a run ends (and, if asked, at its start and milestones).
 
     learner.add_tracker(SlackTracker())                  # URL from $ROSE_SLACK_WEBHOOK
     learner.add_tracker(SlackTracker(webhook_file="~/.config/rose/slack-webhook"))  # 0600
@@ -47,7 +47,7 @@ MAX_QUEUED = 1000
 class SlackTracker(EventTracker):
     """Post a run's milestones and its end to a Slack incoming webhook.
 
-    ``webhook_url`` is accepted for the seed's ``SlackTracker(url)``; prefer the
+    ``webhook_url`` is accepted for the classic ``SlackTracker(url)`` call; prefer the
     environment variable ``webhook_env`` or a 0600 ``webhook_file``, which keep
     the secret out of source code.
     """

@@ -1,6 +1,6 @@
 """The ClearML sink as a real `rose sink clearml` process on a real bus (offline ClearML).
 
-DESIGN §4 contract on the offline sessions' task.json / metrics.jsonl:
+The contract of docs/architecture.md on the offline sessions' task.json / metrics.jsonl:
 in-process ClearMLTracker == BusTracker → broker → ClearML sink == replay of the log.
 """
 

@@ -33,7 +33,7 @@ def inject(stack: Stack, rng: random.Random, fault: str) -> None:
         time.sleep(rng.uniform(0.05, 0.6))
         if d is stack.broker and not any(lr.running for lr in stack.learners):
             # A learner that has exited holds nothing to re-send: a broker crash then is
-            # outside what the design promises (DESIGN §5.3), so it is not injected.
+            # outside the delivery guarantees (docs/architecture.md), so it is not injected.
             d.events.append("(skipped: learners done)")
             continue
         # Sinks are not waited for after a restart: the next fault may hit one still starting.

@@ -1,4 +1,4 @@
-"""The MLflow examples run as the seed says, and leave their MLflow runs where expected."""
+"""The MLflow examples run as their docstrings say, and leave their MLflow runs where expected."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The MLflow sink on a real bus: broker thread, `rose sink mlflow` processes, real MLflow.
 
-The contract of DESIGN §4 for MLflow: the content of an MLflow run (params,
+The contract of docs/architecture.md for MLflow: the content of an MLflow run (params,
 every metric history, tags, status, times) is the same whether it was tracked
 in process, through BusTracker → broker → MLflow sink, or by replaying the
 run's event log.

@@ -221,7 +221,7 @@ def test_without_mlflow_the_constructor_names_the_install_command(monkeypatch):
     with pytest.raises(ImportError) as err:
         MLflowTracker(EXP)
     assert install_hint("mlflow") in str(err.value) and "MLflowTracker" in str(err.value)
-    assert install_hint("mlflow") == "pip install -e '<path to this repository>[mlflow]'"
+    assert install_hint("mlflow") == "pip install -e '.[mlflow]' (in this project's repository clone)"
     # The module itself imports without mlflow, so the error comes from the constructor.
     code = (
         "import sys; sys.modules['mlflow'] = None\n"

@@ -1,6 +1,6 @@
 """Sinks on a real bus: broker thread, `rose sink` processes, real learners, loopback only.
 
-The contract of DESIGN §4 for files: in-process FileTracker == file sink via the
+The contract of docs/architecture.md for files: in-process FileTracker == file sink via the
 bus == replay of the log (and of the broker store) into a new file sink, byte for byte.
 """
 

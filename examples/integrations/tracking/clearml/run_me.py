@@ -1,6 +1,6 @@
 """Two named UQ learners (A, B) on a GP ensemble, tracked as one ClearML task.
 
-    pip install rose[clearml]
+    pip install -e '.[clearml]'   # from the repository clone
     python examples/integrations/tracking/clearml/run_me.py [--max-iter 15]
     CLEARML_OFFLINE_MODE=1 python examples/integrations/tracking/clearml/run_me.py  # no server
 

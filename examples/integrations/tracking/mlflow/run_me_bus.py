@@ -4,16 +4,16 @@ The learner only publishes events (BusTracker: microseconds per call, whatever
 MLflow is doing); a broker stores them and ``rose sink mlflow`` writes them to
 MLflow in batches.  The MLflow run is the same as run_me_tracker.py's.
 
-    pip install rose[mlflow]
+    pip install -e '.[mlflow]'   # from the repository clone
     python examples/integrations/tracking/mlflow/run_me_bus.py [--max-iter 30]
 
 On its own, the script starts a broker (``rose bus``) and the sink (``rose sink
 mlflow``) as child processes and stops them when the sink holds the run.  With
 ``--bus FILE`` it only runs the learner against your broker, as on a cluster::
 
-    rose bus --store ~/rose-store &                                   # login node
-    rose sink mlflow --bus ~/rose-store/bus.json --experiment surrogate-v1 &
-    python run_me_bus.py --bus ~/rose-store/bus.json                  # compute job
+    rose bus --store ~/rose-tracking/store &                                   # login node
+    rose sink mlflow --bus ~/rose-tracking/store/bus.json --experiment surrogate-v1 &
+    python run_me_bus.py --bus ~/rose-tracking/store/bus.json                  # compute job
 
 MLflow gets ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else
 ``sqlite:///mlflow.db`` in the current directory.

@@ -1,6 +1,6 @@
 """Branin–Hoo GP active learning, tracked in MLflow from inside the learner.
 
-    pip install rose[mlflow]
+    pip install -e '.[mlflow]'   # from the repository clone
     python examples/integrations/tracking/mlflow/run_me_tracker.py [--max-iter 30]
     mlflow ui --backend-store-uri sqlite:///mlflow.db     # then open the run
 
