@@ -73,7 +73,7 @@ CASES = [
      "(or give a 0600 webhook file)", ["sink", "slack"], 2),
     ("rose bus: error: --<name> '<ep>' is not an endpoint (like tcp://127.0.0.1:5555)",
      ["bus", "--store", "s", "--frontend", "login1:5555"], 2),
-    ("rose bus: error: --hwm and --max-event-bytes must be positive, --fsync-interval >= 0",
+    ("rose bus: error: --hwm must be positive, --fsync-interval >= 0",
      ["bus", "--store", "s", "--hwm", "0"], 2),
     ("rose bus: error: CURVE needs both the broker's secret key (--curve-secret-key FILE) and "
      "the directory of the clients' public keys (--authorized-keys DIR)",
