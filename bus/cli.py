@@ -107,6 +107,12 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="reject larger events [%(default)s]",
     )
+    p.add_argument(
+        "--new-store-id",
+        action="store_true",
+        help="only when store.json was lost and no bus.json names the store: serve the "
+        "segments under a new store id (sinks re-read them and skip what they hold)",
+    )
     g = p.add_argument_group("CURVE security (both or neither)")
     g.add_argument(
         "--curve-secret-key",
@@ -215,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
             hwm=args.hwm,
             max_event_bytes=args.max_event_bytes,
             fsync_interval_s=args.fsync_interval,
+            new_store_id=args.new_store_id,
             curve_secret_key=args.curve_secret_key,
             authorized_keys=args.authorized_keys,
         )
