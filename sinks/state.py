@@ -77,11 +77,24 @@ class StateDir:
         }
         return data
 
-    def save_checkpoint(self, store_id: str | None, offset: int, runs: dict[str, int]) -> None:
-        atomic_write_json(
-            self.checkpoint_path,
-            {"version": CHECKPOINT_VERSION, "store_id": store_id, "offset": offset, "runs": runs},
-        )
+    def save_checkpoint(
+        self,
+        store_id: str | None,
+        offset: int,
+        runs: dict[str, int],
+        *,
+        generation: int | None = None,
+    ) -> None:
+        """``generation``: the store generation ``offset`` belongs to (None: unknown)."""
+        data: dict[str, Any] = {
+            "version": CHECKPOINT_VERSION,
+            "store_id": store_id,
+            "offset": offset,
+            "runs": runs,
+        }
+        if generation is not None:
+            data["generation"] = generation
+        atomic_write_json(self.checkpoint_path, data)
 
     def save_status(self, status: dict[str, Any]) -> None:
         # Status is advisory and rewritten every second: no fsync needed.
