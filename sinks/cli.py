@@ -176,6 +176,14 @@ def _add_runtime_options(p: argparse.ArgumentParser, *, replay: bool = False) ->
     g.add_argument(
         "--batch", type=int, default=500, metavar="N", help="events per backend call [%(default)s]"
     )
+    g.add_argument(
+        "--call-deadline",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a backend call running longer is reported as hung; the sink's other runs go on "
+        "meanwhile [%(default)s]",
+    )
     if not replay:
         g.add_argument(
             "--gap-grace",
@@ -196,8 +204,8 @@ def _runtime_config(args: argparse.Namespace, module: ModuleType) -> Any:
         raise UsageError("--max-attempts must be >= 0 (0 = retry forever)")
     elif attempts == 0:
         attempts = None
-    if args.batch < 1 or args.retry_max <= 0:
-        raise UsageError("--batch must be >= 1 and --retry-max > 0")
+    if args.batch < 1 or args.retry_max <= 0 or args.call_deadline <= 0:
+        raise UsageError("--batch must be >= 1, --retry-max and --call-deadline > 0")
     extra = {}
     if getattr(args, "gap_grace", None) is not None:
         extra["gap_grace_ms"] = args.gap_grace * 1000.0
@@ -205,6 +213,7 @@ def _runtime_config(args: argparse.Namespace, module: ModuleType) -> Any:
         max_batch=args.batch,
         max_attempts=attempts,
         retry_max_ms=args.retry_max * 1000.0,
+        call_deadline_ms=args.call_deadline * 1000.0,
         **extra,
     )
 
@@ -226,11 +235,11 @@ def _install_signals(stop: Any) -> None:
 
 
 def _run_runtime(runtime: Any) -> Any:
-    from sinks.state import StateDirBusy
+    from sinks.state import OutputBusy, StateDirBusy
 
     try:
         return runtime.run()
-    except StateDirBusy as exc:
+    except (StateDirBusy, OutputBusy) as exc:
         raise UsageError(str(exc)) from None
 
 
@@ -512,7 +521,7 @@ def _replay_into(
     config = _runtime_config(args, module)
     sink = _build_sink(module, args)
     started = time.perf_counter()
-    parallel = _try_parallel(args, module, logs or [], config, progress)
+    parallel = _claimed(sink, _try_parallel, args, module, logs or [], config, progress)
     if parallel is not None:
         source.close()
         sink.shutdown()
@@ -542,6 +551,20 @@ def _replay_into(
     if stopping:
         return 130
     return 1 if c.failed else 0
+
+
+def _claimed(sink: Any, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` while holding the sink's outputs (the parallel replay's processes don't)."""
+    from sinks.state import OutputBusy
+
+    try:
+        sink.claim_outputs()
+    except OutputBusy as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        return fn(*args)
+    finally:
+        sink.release_outputs()
 
 
 def _try_parallel(
@@ -763,6 +786,8 @@ def _print_status(report: dict[str, Any]) -> None:
             f"retries {c.get('retries')}, failed {c.get('failed')}, invalid {c.get('invalid')}, "
             f"lag {s.get('lag')} event(s){lat}"
         )
+        for line in _sink_alerts(s):
+            print(f"  {line}")
         for r in s.get("runs", [])[:10]:
             metric = ""
             if r.get("metric_name") is not None:
@@ -773,6 +798,29 @@ def _print_status(report: dict[str, Any]) -> None:
                 f"next seq {r.get('next_seq')}, {r.get('events_per_s')} ev/s"
                 f"{' (done)' if r.get('done') else ''}{flag}"
             )
+
+
+def _sink_alerts(s: dict[str, Any]) -> list[str]:
+    """What a user must know about a sink beyond its counters: losses, hung calls."""
+    out = []
+    for loss in s.get("store_losses") or []:
+        out.append(
+            f"the store lost {loss.get('lost')} event(s) after offset {loss.get('after')} "
+            f"(store generation {loss.get('generation')}): re-read from there, events already "
+            "applied skipped; lost events learners did not send again are missing"
+        )
+    for h in s.get("hung") or []:
+        out.append(
+            f"{h.get('kind')} call hung for {float(h.get('for_s') or 0):.0f} s on run "
+            f"{h.get('run')} (its run waits; the others go on)"
+        )
+    maybe = (s.get("sink_stats") or {}).get("maybe_posted")
+    if maybe:
+        out.append(
+            f"{maybe} post(s) got no reply and may not have reached Slack (not sent again, "
+            "so none is posted twice)"
+        )
+    return out
 
 
 # ------------------------------------------------------------------ rose tail

@@ -228,8 +228,11 @@ class SinkRuntime:
         config: RuntimeConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         name: str | None = None,
+        claim_outputs: bool = True,
     ) -> None:
         self.sink = sink
+        #: False when a parent process holds the sink's outputs for us (parallel replay).
+        self.claim_outputs = claim_outputs
         self.source = source
         self.config = config or RuntimeConfig()
         self.counters = Counters()
@@ -275,6 +278,13 @@ class SinkRuntime:
         """Run until stopped, or until a bounded source is exhausted and drained."""
         if self.state is not None:
             self.state.acquire()
+        if self.claim_outputs:
+            try:
+                self.sink.claim_outputs()
+            except BaseException:
+                if self.state is not None:
+                    self.state.release()
+                raise
         try:
             if self._restore():
                 self._phase = "running"
@@ -284,6 +294,8 @@ class SinkRuntime:
             try:
                 self._shutdown()
             finally:
+                if self.claim_outputs:
+                    self.sink.release_outputs()
                 if self.state is not None:
                     self.state.release()
         return self.counters

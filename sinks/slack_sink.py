@@ -65,6 +65,10 @@ class SlackSink(Sink):
         check_run_id(run)
         return SlackRunSink(self, run, self.journal_dir / f"{run}.json")
 
+    def stats(self) -> dict[str, int]:
+        """For ``rose status``: posts that may or may not have reached Slack are not re-sent."""
+        return {"posted": self.posted, "maybe_posted": self.unknown, "rejected": self.rejected}
+
 
 class SlackRunSink(RunSink):
     """One run: its formatter state and delivery journal."""
@@ -212,6 +216,7 @@ def build_sink(args: Any) -> SlackSink:
     )
     if args.min_interval < 0:
         raise ValueError("--min-interval must be 0 or more seconds")
+    _check_reachable(url)
     state = getattr(args, "state", None)
     state_dir = Path(state).expanduser() if state else default_state_dir(args)
     return SlackSink(
@@ -221,3 +226,30 @@ def build_sink(args: Any) -> SlackSink:
 
 def default_state_dir(args: Any) -> Path:
     return Path(".rose-sink") / "slack"
+
+
+def _check_reachable(url: str, timeout_s: float = 5.0) -> None:
+    """A webhook host that does not exist or refuses connections is a mistake: say so now.
+
+    Only a TCP connect, nothing is posted; a host that is slow to answer is
+    left to the runtime's retries.
+    """
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host):
+        return  # a proxy connects for us; its answer tells
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except socket.gaierror:
+        raise ValueError(f"the Slack webhook's host {host!r} is not found (a typo?)") from None
+    except ConnectionRefusedError:
+        raise ValueError(
+            f"the Slack webhook's host {host!r} refuses connections on port {port}"
+        ) from None
+    except OSError as exc:
+        log.warning("slack: cannot reach the webhook's host yet (%s); posts will be retried", exc)
