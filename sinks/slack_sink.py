@@ -26,6 +26,7 @@ from rose.fileio import atomic_write_json, read_json
 from rose.integrations.slack_messages import RunMessages, SlackOptions, milestone_list
 from rose.integrations.slack_webhook import (
     DEFAULT_MIN_INTERVAL_S,
+    DEFAULT_TIMEOUT_S,
     DEFAULT_WEBHOOK_ENV,
     Delivery,
     Webhook,
@@ -198,6 +199,14 @@ def add_cli_arguments(parser: Any, *, positional: bool = True) -> None:
         "--learner-names", metavar="A,B,...", help="names for parallel learners 0, 1, ..."
     )
     parser.add_argument(
+        "--post-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="wait this long for Slack's reply to a post; a post without reply is not sent "
+        "again (it may have arrived) [%(default)s]",
+    )
+    parser.add_argument(
         "--min-interval",
         type=float,
         default=DEFAULT_MIN_INTERVAL_S,
@@ -214,13 +223,15 @@ def build_sink(args: Any) -> SlackSink:
         milestones=milestone_list(args.milestones),
         learner_names=tuple(names) or None,
     )
-    if args.min_interval < 0:
-        raise ValueError("--min-interval must be 0 or more seconds")
+    if args.min_interval < 0 or args.post_timeout <= 0:
+        raise ValueError("--min-interval must be 0 or more seconds, --post-timeout more than 0")
     _check_reachable(url)
     state = getattr(args, "state", None)
     state_dir = Path(state).expanduser() if state else default_state_dir(args)
     return SlackSink(
-        Webhook(url, min_interval_s=args.min_interval), state_dir / "slack-runs", options
+        Webhook(url, min_interval_s=args.min_interval, timeout_s=args.post_timeout),
+        state_dir / "slack-runs",
+        options,
     )
 
 
