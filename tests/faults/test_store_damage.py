@@ -41,9 +41,10 @@ def only_segment(store_dir):
     return seg
 
 
-def rose(*argv: str, cwd, timeout: float = 90) -> subprocess.CompletedProcess:
+def rose(*argv: str, cwd, timeout: float = 90, **extra_env: str) -> subprocess.CompletedProcess:
+    """``rose ARGV`` as a process (bounded); its completed process with text output."""
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-    env["PYTHONPATH"] = str(REPO)
+    env.update(PYTHONPATH=str(REPO), **extra_env)
     return subprocess.run(
         [sys.executable, "-m", "rose.cli", *argv],
         cwd=cwd,
