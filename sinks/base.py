@@ -103,5 +103,9 @@ class Sink:
     def release_outputs(self) -> None:
         """Undo :meth:`claim_outputs`; called once when the runtime stops."""
 
+    def stats(self) -> dict[str, Any]:
+        """The kind's own counters for ``rose status`` (e.g. Slack posts that may be lost)."""
+        return {}
+
     def shutdown(self) -> None:
         """Release shared resources; called once when the runtime stops."""

@@ -774,6 +774,12 @@ def _print_status(report: dict[str, Any]) -> None:
             f"{b.get('stored')}, duplicates {b.get('duplicates')}, rejected {b.get('rejected')}, "
             f"forwarded {b.get('forwarded')}, up {float(b.get('uptime_s') or 0):.0f}s"
         )
+        for d in b.get("recovered") or []:
+            span = f"{d.get('first')}..{d.get('last')}" if d.get("last") is not None else (
+                f"from {d.get('first')} (a cut tail)"
+            )
+            print(f"  the store set aside damaged records at its start: offsets {span}"
+                  f"{', in ' + d['quarantine'] if d.get('quarantine') else ''}")  # fmt: skip
     elif report.get("broker_error"):
         print(f"broker: {report['broker_error']}")
     for s in report["sinks"]:
