@@ -230,6 +230,7 @@ class EventStore:
             self._rebuild()
             self._new_generation()
         except BaseException:
+            self._meta["clean"] = None  # not opened: close() must not mark a clean stop
             self.close()
             raise
         if self.next_offset:
@@ -650,6 +651,8 @@ class EventStore:
 
     def _mark_clean(self) -> None:
         """Everything is on disk: the next open keeps this generation (if the head is here)."""
+        if self._meta.get("clean") is None:
+            return
         try:
             self._save_meta(clean=True, next_offset=self.next_offset)
         except OSError as exc:
