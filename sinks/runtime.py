@@ -140,8 +140,11 @@ class _Worker:
     def submit(self, call: _Call) -> None:
         self._calls.put(call)
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 0.0) -> None:
+        """Let the thread end after its current call (waiting up to ``wait_s`` for that)."""
         self._calls.put(None)
+        if wait_s:
+            self._thread.join(wait_s)
 
     def _serve(self) -> None:
         while True:
@@ -609,7 +612,7 @@ class SinkRuntime:
             if run.call is None:
                 self._close_backend(run)
         if self._worker is not None:
-            self._worker.stop()
+            self._worker.stop(wait_s=1.0)  # idle: it ends at once
             self._worker = None
         try:
             self.sink.shutdown()
