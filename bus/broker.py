@@ -181,6 +181,7 @@ class Broker:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         fsync_interval_s: float = DEFAULT_FSYNC_INTERVAL_S,
+        new_store_id: bool = False,
         write_bus_file: bool = True,
         curve_secret_key: str | os.PathLike[str] | None = None,
         authorized_keys: str | os.PathLike[str] | None = None,
@@ -206,6 +207,7 @@ class Broker:
         self.max_event_bytes = max_event_bytes
         self.segment_bytes = segment_bytes
         self.fsync_interval_s = fsync_interval_s
+        self.new_store_id = new_store_id
         self.write_bus_file = write_bus_file
         self.counters = Counters()
         self.endpoints: dict[str, str] = {}
@@ -251,6 +253,7 @@ class Broker:
                 self.store_dir,
                 segment_bytes=self.segment_bytes,
                 fsync_interval_s=self.fsync_interval_s,
+                new_store_id=self.new_store_id,
             )
             self.store_id = self._store.store_id
             ctx = zmq.Context()
@@ -326,6 +329,7 @@ class Broker:
             **self.endpoints,
             "store": str(self.store_dir.resolve()),
             "store_id": self.store_id,
+            "generation": self._store.generation if self._store is not None else 0,
             "host": socket.gethostname(),
             "pid": os.getpid(),
         }
@@ -587,9 +591,22 @@ class Broker:
 
     def _answer(self, req: dict, store: EventStore) -> dict[str, Any]:
         op = req.get("op")
-        base = {"ok": True, "store_id": store.store_id, "next_offset": store.durable_offset}
+        base = {
+            "ok": True,
+            "store_id": store.store_id,
+            "generation": store.generation,
+            "next_offset": store.durable_offset,
+        }
         if op == "hello":
-            return {**base, "endpoints": dict(self.endpoints), "v": SCHEMA_VERSION}
+            return {
+                **base,
+                "endpoints": dict(self.endpoints),
+                "v": SCHEMA_VERSION,
+                "recoveries": [
+                    {"generation": r["generation"], "safe_offset": r["safe_offset"]}
+                    for r in store.recoveries
+                ],
+            }
         if op == "fetch":
             start = _int_arg(req, "from", 0, 0, 2**63 - 1)
             limit = _int_arg(req, "limit", 1000, 1, MAX_FETCH_LIMIT)
@@ -632,6 +649,11 @@ class Broker:
             "events": 0 if store is None else store.durable_offset,
             "runs": runs,
             "store_id": self.store_id,
+            "generation": 0 if store is None else store.generation,
+            "recovered": [] if store is None else [
+                {"first": d.first, "last": d.last, "bytes": d.nbytes, "quarantine": d.quarantine}
+                for d in store.damage
+            ],
             "endpoints": dict(self.endpoints),
             "pid": os.getpid(),
             "uptime_s": time.time() - self._started,

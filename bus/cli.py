@@ -100,6 +100,12 @@ def register(subparsers: Any) -> None:
         metavar="SECONDS",
         help="fsync the store at most this often [%(default)s]",
     )
+    p.add_argument(
+        "--new-store-id",
+        action="store_true",
+        help="only when store.json was lost and no bus.json names the store: serve the "
+        "segments under a new store id (sinks re-read them and skip what they hold)",
+    )
     g = p.add_argument_group("CURVE security (both or neither)")
     g.add_argument(
         "--curve-secret-key",
@@ -207,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
             args.replay,
             hwm=args.hwm,
             fsync_interval_s=args.fsync_interval,
+            new_store_id=args.new_store_id,
             curve_secret_key=args.curve_secret_key,
             authorized_keys=args.authorized_keys,
         )

@@ -5,16 +5,24 @@ yields every stored event with offset >= from_offset exactly once, in offset
 order, first from the store, then live, re-fetching from the store whenever
 the live stream skips an offset (a slow sink dropped by the broker's HWM, a
 subscription that was not active yet, a broker restart).
+
+Offsets mean something only within a store *generation* (every reply carries
+it).  A subscriber whose position comes from another generation, or lies past
+the store's head, re-reads from the last safe offset the broker names, skips
+what it already delivered by (run, seq), and reports "the store lost N events
+after offset X": a store that lost its tail never hides new events behind an
+old position.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,6 +37,10 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_MS = 5000
 DEFAULT_IDLE_MS = 1000
 SUB_HWM = 100_000
+#: (run, seq) of this many recently delivered events are remembered, to skip them after a rewind.
+RECENT_DELIVERED = 100_000
+#: A live event older than the position makes the client check the generation at most this often.
+GENERATION_CHECK_S = 0.5
 
 
 class BusError(RuntimeError):
@@ -110,6 +122,8 @@ class BusClient:
         self._ids = itertools.count(1)
         self._subs: list[zmq.Socket] = []
         self._closed = False
+        #: The store generation of the latest reply (None before the first one).
+        self.generation: int | None = None
 
     @classmethod
     def from_file(cls, bus_json_path: str | os.PathLike[str], **kwargs: Any) -> BusClient:
@@ -157,6 +171,8 @@ class BusClient:
                 continue  # a late answer to an earlier, timed-out request
             if not reply.get("ok"):
                 raise BusError(f"broker refused {op!r}: {reply.get('error')}")
+            if isinstance(reply.get("generation"), int):
+                self.generation = reply["generation"]
             return reply
         self._reset()  # drop queued requests so a returning broker does not answer stale ones
         hint = (
@@ -203,6 +219,8 @@ class BusClient:
         *,
         idle_timeout_ms: int = DEFAULT_IDLE_MS,
         batch: int = 1000,
+        generation: int | None = None,
+        on_rewind: Callable[[dict[str, Any]], None] | None = None,
     ) -> Iterator[StoredEvent | None]:
         """Every stored event with offset >= from_offset, exactly once, in offset order.
 
@@ -212,6 +230,13 @@ class BusClient:
         for shutdown; while idle it also asks the store for anything the live
         stream missed.  An unreachable broker only means more Nones; a replaced
         store raises StoreChangedError.
+
+        ``generation`` is the store generation ``from_offset`` belongs to (a
+        checkpoint's).  When the store's differs, or the position is past its
+        head, the subscription rewinds to the safe offset and skips events it
+        already delivered by (run, seq); ``on_rewind(info)`` is told (info:
+        ``offset`` re-read from, ``lost`` events, ``after`` offset,
+        ``generation``), else the loss is logged.
         """
         sub = self._ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
@@ -226,20 +251,78 @@ class BusClient:
         want = prefix.encode()
         next_offset = max(0, from_offset)
         store_id: str | None = None
+        gen = generation
+        recent: collections.deque[tuple[int, str, int]] = collections.deque(
+            maxlen=RECENT_DELIVERED
+        )
+        seen: set[tuple[str, int]] = set()  # delivered before a rewind: skipped when re-read
+        last_check = 0.0
+
+        def check(reply: dict[str, Any]) -> bool:
+            """Is the position still valid in this reply's store? Else rewind (True)."""
+            nonlocal store_id, gen, next_offset, seen
+            sid = str(reply.get("store_id"))
+            if store_id is None:
+                store_id = sid
+            elif sid != store_id:
+                raise StoreChangedError(
+                    f"the broker's store changed from {store_id} to {sid}: "
+                    "offsets from the old store do not apply"
+                )
+            g, head = reply.get("generation"), reply.get("next_offset")
+            if not isinstance(g, int) or not isinstance(head, int):
+                return False  # a broker without generations
+            if (gen is None or g == gen) and next_offset <= head:
+                gen = g
+                return False
+            safe, known = head, True
+            if gen is not None and g != gen:
+                recs = self.request("hello").get("recoveries") or []
+                newer = [r["safe_offset"] for r in recs if r.get("generation", 0) > gen]
+                known = gen < g and any(r.get("generation") == gen + 1 for r in recs)
+                safe = min(newer) if known and newer else 0
+            new = min(next_offset, safe, head)
+            lost = max(0, next_offset - min(safe if known else head, head))
+            info = {
+                "offset": new,
+                "lost": lost,
+                "after": new - 1,
+                "from_offset": next_offset,
+                "generation": g,
+                "old_generation": gen,
+            }
+            seen |= {(run, seq) for off, run, seq in recent if off >= new}
+            rewound = new != next_offset
+            next_offset, gen = new, g
+            if on_rewind is not None:
+                on_rewind(info)
+            elif lost:
+                log.warning(
+                    "the store lost %d event(s) after offset %d (generation %s, now %d); "
+                    "re-reading from offset %d and skipping events already delivered",
+                    lost,
+                    new - 1,
+                    info["old_generation"],
+                    g,
+                    new,
+                )
+            return rewound
+
+        def deliver(ev: StoredEvent) -> bool:
+            key = (ev.run, ev.seq)
+            if seen and key in seen:
+                return False
+            recent.append((ev.offset, ev.run, ev.seq))
+            return True
 
         def catch_up(until: int | None) -> Iterator[StoredEvent]:
             # Fetch from the store until caught up (or up to ``until``, exclusive).
-            nonlocal next_offset, store_id
+            nonlocal next_offset
             while until is None or next_offset < until:
                 reply = self.request("fetch", **{"from": next_offset, "limit": batch})
-                sid = str(reply.get("store_id"))
-                if store_id is None:
-                    store_id = sid
-                elif sid != store_id:
-                    raise StoreChangedError(
-                        f"the broker's store changed from {store_id} to {sid}: "
-                        "offsets from the old store do not apply"
-                    )
+                if check(reply):
+                    until = None
+                    continue  # the page was for the old position
                 page = _rows(reply["events"])
                 for ev in page:
                     if ev.offset < next_offset:
@@ -247,7 +330,8 @@ class BusClient:
                     if until is not None and ev.offset >= until:
                         return
                     next_offset = ev.offset + 1
-                    if ev.run and f"rose.{ev.run}.{ev.kind}".encode().startswith(want):
+                    topic = f"rose.{ev.run}.{ev.kind}".encode()
+                    if ev.run and topic.startswith(want) and deliver(ev):
                         yield ev
                 if not page:
                     return
@@ -281,7 +365,18 @@ class BusClient:
                 offset = head.offset
                 assert offset is not None
                 if offset < next_offset:
-                    continue  # already yielded from the store
+                    # Already delivered from the store, or a store that lost its tail
+                    # hands out these offsets again: its generation says which.
+                    now = time.monotonic()
+                    if now - last_check >= GENERATION_CHECK_S:
+                        last_check = now
+                        try:
+                            yield from catch_up(None)
+                        except StoreChangedError:
+                            raise
+                        except BusError:
+                            pass
+                    continue
                 if offset > next_offset:
                     try:
                         yield from catch_up(offset)
@@ -294,7 +389,9 @@ class BusClient:
                 if offset != next_offset:
                     continue
                 next_offset = offset + 1
-                yield StoredEvent(offset, head.run, head.seq, head.kind, frames[2])
+                ev = StoredEvent(offset, head.run, head.seq, head.kind, frames[2])
+                if deliver(ev):
+                    yield ev
         finally:
             sub.close(linger=0)
             if sub in self._subs:

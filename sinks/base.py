@@ -3,8 +3,9 @@
 Like OpenTelemetry's exporters, a sink is small and reports results as
 values: the runtime (:mod:`sinks.runtime`) owns ordering, dedupe, retries,
 checkpoints and catch-up, so a backend only turns ordered events of one run
-into writes.  One :class:`RunSink` is opened per run; every call on it comes
-from the runtime's single worker thread.
+into writes.  One :class:`RunSink` is opened per run; calls on it never
+overlap, but may come from different worker threads: a call that hangs keeps
+its thread while the other runs' calls go on on another.
 """
 
 from __future__ import annotations
@@ -90,6 +91,21 @@ class Sink:
 
     def open_run(self, run: str) -> RunSink:
         raise NotImplementedError
+
+    def claim_outputs(self) -> None:
+        """Make what this sink writes its own (e.g. a lock in its output directory).
+
+        Called by the runtime before the first event; raise
+        :class:`sinks.state.OutputBusy` (a ValueError) when another live sink
+        writes the same output: two sinks on one output write every event twice.
+        """
+
+    def release_outputs(self) -> None:
+        """Undo :meth:`claim_outputs`; called once when the runtime stops."""
+
+    def stats(self) -> dict[str, Any]:
+        """The kind's own counters for ``rose status`` (e.g. Slack posts that may be lost)."""
+        return {}
 
     def shutdown(self) -> None:
         """Release shared resources; called once when the runtime stops."""

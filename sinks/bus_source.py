@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sinks.sources import Item, SourceChanged
+from sinks.sources import Item, Rewind, SourceChanged
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,13 @@ class BusSource:
     def __init__(self, client: Any, *, idle_ms: int = DEFAULT_IDLE_MS) -> None:
         self.client = client
         self.idle_ms = idle_ms
+        #: The store generation the next ``subscribe`` offset belongs to (a checkpoint's).
+        self.resume_generation: int | None = None
+
+    @property
+    def generation(self) -> int | None:
+        """The store generation of the broker's latest reply."""
+        return self.client.generation
 
     @classmethod
     def connect(
@@ -63,8 +70,19 @@ class BusSource:
     def subscribe(self, from_offset: int) -> Iterator[Item | None]:
         from bus.client import StoreChangedError
 
+        rewinds: list[dict[str, Any]] = []
+        stream = self.client.subscribe(
+            from_offset,
+            idle_timeout_ms=self.idle_ms,
+            generation=self.resume_generation,
+            on_rewind=rewinds.append,
+        )
         try:
-            for ev in self.client.subscribe(from_offset, idle_timeout_ms=self.idle_ms):
+            for ev in stream:
+                while rewinds:
+                    r = rewinds.pop(0)
+                    yield Rewind(r["offset"], r["lost"], r["after"], r["generation"],
+                                 r["from_offset"])  # fmt: skip
                 yield None if ev is None else _item(ev)
         except StoreChangedError as exc:
             raise SourceChanged(str(exc)) from None

@@ -177,6 +177,14 @@ def _add_runtime_options(p: argparse.ArgumentParser, *, replay: bool = False) ->
     g.add_argument(
         "--batch", type=int, default=500, metavar="N", help="events per backend call [%(default)s]"
     )
+    g.add_argument(
+        "--call-deadline",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a backend call running longer is reported as hung; the sink's other runs go on "
+        "meanwhile [%(default)s]",
+    )
     if not replay:
         g.add_argument(
             "--gap-grace",
@@ -197,8 +205,8 @@ def _runtime_config(args: argparse.Namespace, module: ModuleType) -> Any:
         raise UsageError("--max-attempts must be >= 0 (0 = retry forever)")
     elif attempts == 0:
         attempts = None
-    if args.batch < 1 or args.retry_max <= 0:
-        raise UsageError("--batch must be >= 1 and --retry-max > 0")
+    if args.batch < 1 or args.retry_max <= 0 or args.call_deadline <= 0:
+        raise UsageError("--batch must be >= 1, --retry-max and --call-deadline > 0")
     extra = {}
     if getattr(args, "gap_grace", None) is not None:
         extra["gap_grace_ms"] = args.gap_grace * 1000.0
@@ -206,6 +214,7 @@ def _runtime_config(args: argparse.Namespace, module: ModuleType) -> Any:
         max_batch=args.batch,
         max_attempts=attempts,
         retry_max_ms=args.retry_max * 1000.0,
+        call_deadline_ms=args.call_deadline * 1000.0,
         **extra,
     )
 
@@ -227,11 +236,11 @@ def _install_signals(stop: Any) -> None:
 
 
 def _run_runtime(runtime: Any) -> Any:
-    from sinks.state import StateDirBusy
+    from sinks.state import OutputBusy, StateDirBusy
 
     try:
         return runtime.run()
-    except StateDirBusy as exc:
+    except (StateDirBusy, OutputBusy) as exc:
         raise UsageError(str(exc)) from None
 
 
@@ -519,7 +528,7 @@ def _replay_into(
     config = _runtime_config(args, module)
     sink = _build_sink(module, args)
     started = time.perf_counter()
-    parallel = _try_parallel(args, module, logs or [], config, progress)
+    parallel = _claimed(sink, _try_parallel, args, module, logs or [], config, progress)
     if parallel is not None:
         source.close()
         sink.shutdown()
@@ -557,6 +566,20 @@ def _nothing_valid() -> int:
     print("rose replay: error: the logs hold no valid event (are they rose event logs?)",
           file=sys.stderr)
     return 1
+
+
+def _claimed(sink: Any, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` while holding the sink's outputs (the parallel replay's processes don't)."""
+    from sinks.state import OutputBusy
+
+    try:
+        sink.claim_outputs()
+    except OutputBusy as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        return fn(*args)
+    finally:
+        sink.release_outputs()
 
 
 def _try_parallel(
@@ -779,6 +802,12 @@ def _print_status(report: dict[str, Any]) -> None:
             f"{b.get('stored')}, duplicates {b.get('duplicates')}, rejected {b.get('rejected')}, "
             f"forwarded {b.get('forwarded')}, up {float(b.get('uptime_s') or 0):.0f}s"
         )
+        for d in b.get("recovered") or []:
+            span = f"{d.get('first')}..{d.get('last')}" if d.get("last") is not None else (
+                f"from {d.get('first')} (a cut tail)"
+            )
+            print(f"  the store set aside damaged records at its start: offsets {span}"
+                  f"{', in ' + d['quarantine'] if d.get('quarantine') else ''}")  # fmt: skip
     elif report.get("broker_error"):
         print(f"broker: {report['broker_error']}")
     for s in report["sinks"]:
@@ -789,6 +818,8 @@ def _print_status(report: dict[str, Any]) -> None:
             f"retries {c.get('retries')}, failed {c.get('failed')}, invalid {c.get('invalid')}, "
             f"lag {s.get('lag')} event(s){_latency_text(s.get('latency_s'))}"
         )
+        for line in _sink_alerts(s):
+            print(f"  {line}")
         for r in s.get("runs", [])[:10]:
             print("  " + _run_status_text(r))
 
@@ -826,6 +857,29 @@ def _run_status_text(r: dict[str, Any]) -> str:
         f"{r['run']}: {where}; next seq {r.get('next_seq')}, {rate_text} ev/s"
         f"{' (done)' if r.get('done') else ''}{flag}"
     )
+
+
+def _sink_alerts(s: dict[str, Any]) -> list[str]:
+    """What a user must know about a sink beyond its counters: losses, hung calls."""
+    out = []
+    for loss in s.get("store_losses") or []:
+        out.append(
+            f"the store lost {loss.get('lost')} event(s) after offset {loss.get('after')} "
+            f"(store generation {loss.get('generation')}): re-read from there, events already "
+            "applied skipped; lost events learners did not send again are missing"
+        )
+    for h in s.get("hung") or []:
+        out.append(
+            f"{h.get('kind')} call hung for {float(h.get('for_s') or 0):.0f} s on run "
+            f"{h.get('run')} (its run waits; the others go on)"
+        )
+    maybe = (s.get("sink_stats") or {}).get("maybe_posted")
+    if maybe:
+        out.append(
+            f"{maybe} post(s) got no reply and may not have reached Slack (not sent again, "
+            "so none is posted twice)"
+        )
+    return out
 
 
 # ------------------------------------------------------------------ rose tail

@@ -18,8 +18,12 @@ from typing import Any
 from rose.eventlog import EventLogWriter, read_events
 from rose.events import EventError, check_run_id, to_json_line
 from sinks.base import ApplyResult, RunSink, Sink
+from sinks.state import OutputLock
 
 log = logging.getLogger(__name__)
+
+#: Held (flock) by the file sink writing a directory; not a *.jsonl, so replays skip it.
+OUT_LOCK_FILE = ".rose-file-sink.lock"
 
 _TAIL_CHUNK = 64 * 1024
 
@@ -99,6 +103,17 @@ class FileSink(Sink):
         self.out_dir = Path(out_dir)
         self.fsync = fsync
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = OutputLock(
+            self.out_dir / OUT_LOCK_FILE,
+            f"{self.out_dir} is being written by another file sink (pid {{pid}}): two sinks "
+            "on one --out write every event twice; stop that one, or give this one another --out",
+        )
+
+    def claim_outputs(self) -> None:
+        self._lock.acquire()
+
+    def release_outputs(self) -> None:
+        self._lock.release()
 
     def open_run(self, run: str) -> RunSink:
         return FileRunSink(run_log_path(self.out_dir, run), fsync=self.fsync)

@@ -21,8 +21,10 @@ other sinks never pay for it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,11 @@ DEFAULT_EXPERIMENT = "rose"
 HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 #: MLflow unreachable is transient by nature: retry forever, never skip events.
 DEFAULT_MAX_ATTEMPTS: int | None = None
+#: Tracking URI schemes MLflow can use ("" is a local path: MLflow's file store).
+TRACKING_SCHEMES = frozenset(
+    ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks",
+     "databricks-uc", "uc")
+)  # fmt: skip
 
 CLI_HELP = "log each run to MLflow: manifest params, per-iteration metrics, stop tags, status"
 CLI_EPILOG = """\
@@ -115,15 +122,35 @@ class MLflowSink(Sink):
     def prepare(self) -> bool:
         """Reach the tracking store and the experiment now, so the first run needs no setup.
 
-        A store that cannot be reached yet is only logged (each run's open is
+        A URI MLflow cannot use (unknown scheme, a store it refuses, a host that
+        refuses connections or does not exist) raises ValueError at once: that
+        is a typo, and retrying it forever helps nobody.  A store that is slow
+        or answers with a server error is only logged (each run's open is
         retried by the runtime); a deleted experiment raises ValueError.
         """
+        scheme = urllib.parse.urlsplit(self.tracking_uri).scheme.split("+")[0].lower()
+        if scheme not in TRACKING_SCHEMES and not (len(scheme) == 1 and os.name == "nt"):
+            raise ValueError(
+                f"MLflow does not know the scheme of the tracking URI "
+                f"{redact(self.tracking_uri)!r}; use sqlite:///FILE.db, http(s)://HOST:PORT or "
+                "a database URL (postgresql://, mysql://)"
+            )
         try:
             self._experiment_id()
             return True
         except ValueError:
             raise
         except Exception as exc:
+            if not _transient(exc):
+                text = str(exc)
+                why = _describe(exc)
+                if "refused" in text:
+                    why = "connection refused (is the tracking server running there?)"
+                elif "NameResolution" in text or "not known" in text or "resolve" in text:
+                    why = "host name not found"
+                raise ValueError(
+                    f"MLflow cannot use the tracking URI {redact(self.tracking_uri)!r}: {why}"
+                ) from None
             log.warning(
                 "MLflow at %s not ready yet (%s); runs will be retried",
                 redact(self.tracking_uri),
@@ -147,6 +174,29 @@ class MLflowSink(Sink):
                 redact(self.tracking_uri),
             )
         return self._exp_id
+
+    def claim_outputs(self) -> None:
+        """One sink per experiment: two would race on the same runs' next seq."""
+        from sinks.state import OutputLock
+
+        key = f"{self.tracking_uri}\n{self.experiment}".encode()
+        digest = hashlib.sha256(key).hexdigest()[:16]
+        if self.tracking_uri.startswith("sqlite:///") and "?" not in self.tracking_uri:
+            path = Path(self.tracking_uri[len("sqlite:///") :] + f".rose-{digest}.lock")
+        else:
+            path = Path(tempfile.gettempdir()) / f"rose-locks-{os.getuid()}" / f"mlflow-{digest}"
+        self._lock = OutputLock(
+            path,
+            f"MLflow experiment {self.experiment!r} at {redact(self.tracking_uri)} is being "
+            "written by another MLflow sink (pid {pid}); stop that one, or use another "
+            "--experiment",
+        )
+        self._lock.acquire()
+
+    def release_outputs(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
 
     def open_run(self, run: str) -> RunSink:
         """Find (or prepare) the run's MLflow run; raising here makes the runtime retry."""
@@ -194,6 +244,26 @@ class MLflowRunSink(RunSink):
             _describe(exc),
         )
         return ApplyResult.ok(self.writer.applied_through(events))
+
+
+def _transient(exc: BaseException) -> bool:
+    """At first contact: could waiting help (a slow or failing server), or is it a mistake?"""
+    text = str(exc)
+    return any(
+        t in text
+        for t in (
+            "timed out",
+            "Timeout",
+            "Temporary failure in name resolution",
+            "database is locked",
+            " 429",
+            " 500",
+            " 502",
+            " 503",
+            " 504",
+            "too many 5",
+        )
+    )
 
 
 def _is_invalid(exc: BaseException) -> bool:

@@ -83,7 +83,8 @@ def _replay_group(
     build_sink: Callable[[], Any], config: RuntimeConfig, paths: list[Path]
 ) -> tuple[dict[str, int], int]:
     source = LogSource(paths)
-    counters = SinkRuntime(build_sink(), source, config=config).run()
+    # the parent process holds the sink's outputs for all its groups
+    counters = SinkRuntime(build_sink(), source, config=config, claim_outputs=False).run()
     return asdict(counters), source.bad_lines
 
 

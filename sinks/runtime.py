@@ -12,17 +12,27 @@ own :class:`~sinks.base.RunSink`:
 * a failing backend is retried with capped exponential backoff; the run's
   next seq (and the checkpointed offset) never moves past an unapplied
   event, and other runs carry on meanwhile;
-* the checkpoint (store id, resume offset, next seq per run) and a status
-  file are replaced atomically; ``stop()`` (SIGTERM/SIGINT in the CLI)
-  finishes the batch in hand, flushes, checkpoints and returns.
+* every backend call (open, apply) has a deadline: it runs on a worker
+  thread, and a call still running after a moment is set aside with its run
+  (the worker is abandoned to it and replaced) so the other runs go on; past
+  ``call_deadline_ms`` it is reported as hung.  The run waits for that call's
+  answer and carries on from it, so each kind keeps its guarantee;
+* the checkpoint (store id, generation, resume offset, next seq per run) and
+  a status file are replaced atomically; a store that lost events makes the
+  source rewind (:class:`~sinks.sources.Rewind`): the loss is counted and
+  reported, events already applied are skipped by (run, seq); ``stop()``
+  (SIGTERM/SIGINT in the CLI) finishes the batch in hand, flushes,
+  checkpoints and returns.
 
-Everything runs on the caller's thread; ``stop()`` may come from any thread.
+The loop runs on the caller's thread (backend calls on workers, one call per
+run at a time); ``stop()`` may come from any thread.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +41,7 @@ from typing import Any
 
 from rose.events import EventError, check_run_id
 from sinks.base import ApplyResult, Outcome, RunSink, Sink
-from sinks.sources import EventSource, Item, SourceChanged
+from sinks.sources import EventSource, Item, Rewind, SourceChanged
 from sinks.state import StateDir
 
 log = logging.getLogger(__name__)
@@ -46,6 +56,11 @@ DEFAULT_FILL_INTERVAL_MS = 500.0
 DEFAULT_CHECKPOINT_INTERVAL_MS = 1_000.0
 DEFAULT_STATUS_INTERVAL_MS = 1_000.0
 DEFAULT_MAX_RUNS = 100_000
+DEFAULT_CALL_DEADLINE_MS = 10_000.0
+#: The loop waits this long (at most) for a backend call before setting its run aside.
+CALL_WAIT_S = 0.5
+#: At shutdown, a call still running gets this long to answer before it is left behind.
+SHUTDOWN_CALL_WAIT_S = 5.0
 STATUS_RUNS_SHOWN = 50
 MAX_INVALID_LOGGED = 20
 
@@ -69,6 +84,8 @@ class RuntimeConfig:
     status_interval_ms: float = DEFAULT_STATUS_INTERVAL_MS
     #: Finished runs remembered for dedupe beyond this many are forgotten, oldest first.
     max_runs: int = DEFAULT_MAX_RUNS
+    #: A backend call running longer than this is reported as hung (its run waits for it).
+    call_deadline_ms: float = DEFAULT_CALL_DEADLINE_MS
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_pending_per_run < 1:
@@ -91,6 +108,55 @@ class Counters:
     invalid: int = 0  # events that do not decode or validate
     overflow: int = 0  # events dropped from a full run buffer (refetched later)
     store_changes: int = 0
+    store_lost: int = 0  # events the store lost after this sink's position (re-read past)
+    hung_calls: int = 0  # backend calls that outlived their deadline
+
+
+class _Call:
+    """One backend call on a worker thread; ``done`` is set when it returned or raised."""
+
+    __slots__ = ("fn", "args", "what", "batch", "done", "result", "error", "started", "hung")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple, what: str, batch: list[Item]) -> None:
+        self.fn = fn
+        self.args = args
+        self.what = what
+        self.batch = batch
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.started = 0.0
+        self.hung = False
+
+
+class _Worker:
+    """A daemon thread running backend calls one after another."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, call: _Call) -> None:
+        self._calls.put(call)
+
+    def stop(self, wait_s: float = 0.0) -> None:
+        """Let the thread end after its current call (waiting up to ``wait_s`` for that)."""
+        self._calls.put(None)
+        if wait_s:
+            self._thread.join(wait_s)
+
+    def _serve(self) -> None:
+        while True:
+            call = self._calls.get()
+            if call is None:
+                return
+            try:
+                call.result = call.fn(*call.args)
+            except BaseException as exc:  # handed to the runtime, which decides
+                call.error = exc
+            finally:
+                call.done.set()
 
 
 class _Run:
@@ -117,6 +183,8 @@ class _Run:
         "rate",
         "_rate_mark",
         "isolate_until",
+        "call",
+        "worker",
     )
 
     def __init__(self, name: str, next_seq: int) -> None:
@@ -141,6 +209,9 @@ class _Run:
         self._rate_mark = 0
         #: After a batch raised, events up to this seq go one by one to find the culprit.
         self.isolate_until = -1
+        #: A backend call that outlived CALL_WAIT_S, and the worker left to it.
+        self.call: _Call | None = None
+        self.worker: _Worker | None = None
 
 
 class SinkRuntime:
@@ -160,8 +231,11 @@ class SinkRuntime:
         config: RuntimeConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         name: str | None = None,
+        claim_outputs: bool = True,
     ) -> None:
         self.sink = sink
+        #: False when a parent process holds the sink's outputs for us (parallel replay).
+        self.claim_outputs = claim_outputs
         self.source = source
         self.config = config or RuntimeConfig()
         self.counters = Counters()
@@ -189,6 +263,9 @@ class SinkRuntime:
         self._restored = False
         self._refetchable = bool(getattr(source, "refetchable", True))
         self._last_status_t: float | None = None
+        self._worker: _Worker | None = None
+        self._workers = 0
+        self._losses: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------ control
 
@@ -204,6 +281,13 @@ class SinkRuntime:
         """Run until stopped, or until a bounded source is exhausted and drained."""
         if self.state is not None:
             self.state.acquire()
+        if self.claim_outputs:
+            try:
+                self.sink.claim_outputs()
+            except BaseException:
+                if self.state is not None:
+                    self.state.release()
+                raise
         try:
             if self._restore():
                 self._phase = "running"
@@ -213,6 +297,8 @@ class SinkRuntime:
             try:
                 self._shutdown()
             finally:
+                if self.claim_outputs:
+                    self.sink.release_outputs()
                 if self.state is not None:
                     self.state.release()
         return self.counters
@@ -235,6 +321,8 @@ class SinkRuntime:
                     for item in run.pending.values():
                         item.offset = 0  # old offsets mean nothing in the new store
                     run.behind_offset = 0 if run.behind_offset is not None else None
+                if hasattr(self.source, "resume_generation"):
+                    self.source.resume_generation = None
                 stream = self.source.subscribe(0)
 
     def _wait_for_source(self) -> tuple[bool, str | None]:
@@ -247,6 +335,8 @@ class SinkRuntime:
                 if not warned:
                     log.warning("%s: waiting for the event source: %s", self.name, exc)
                     warned = True
+                    self._phase = f"waiting for the event source: {exc}"[:200]
+                self._write_status()
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
         return False, None
@@ -281,6 +371,9 @@ class SinkRuntime:
                 return True
             if item is None:
                 return False
+            if isinstance(item, Rewind):
+                self._rewound(item)
+                continue
             self._offset = max(self._offset, item.offset + 1)  # type: ignore[union-attr]
             self._accept(item)  # type: ignore[arg-type]
             n += 1
@@ -300,9 +393,45 @@ class SinkRuntime:
             self._wait_for_retry()
 
     def _wait_for_retry(self) -> None:
-        waits = [r.retry_at for name in self._ready if (r := self._runs.get(name))]
-        delay = max(0.0, min(waits, default=0.0) - self._clock())
-        self._stop.wait(min(delay, 0.5))
+        runs = [r for name in self._ready if (r := self._runs.get(name))]
+        calls = [r.call for r in runs if r.call is not None]
+        waits = [r.retry_at for r in runs if r.call is None]
+        delay = 0.5 if not waits else min(max(0.0, min(waits) - self._clock()), 0.5)
+        if calls:
+            calls[0].done.wait(delay)  # wakes as soon as a set-aside call answers
+        else:
+            self._stop.wait(delay)
+
+    def _rewound(self, r: Rewind) -> None:
+        """The store lost events after our position: go back to its safe offset."""
+        self._offset = r.offset
+        for run in self._runs.values():
+            for item in run.pending.values():
+                item.offset = min(item.offset, r.offset)
+            if run.behind_offset is not None:
+                run.behind_offset = min(run.behind_offset, r.offset)
+        self._dirty = True
+        if not r.lost:
+            log.info(
+                "%s: store generation %s; re-reading from offset %d", self.name, r.generation,
+                r.offset,
+            )  # fmt: skip
+            return
+        self.counters.store_lost += r.lost
+        self._losses.append(
+            {"lost": r.lost, "after": r.after, "generation": r.generation, "time": time.time()}
+        )
+        del self._losses[:-20]
+        log.warning(
+            "%s: the store lost %d event(s) after offset %d (it is at generation %s now); "
+            "re-reading from offset %d and skipping events already applied; events it lost "
+            "that learners do not send again are missing from this sink",
+            self.name,
+            r.lost,
+            r.after,
+            r.generation,
+            r.offset,
+        )
 
     # ------------------------------------------------------------ restore / persist
 
@@ -313,6 +442,9 @@ class SinkRuntime:
             return False
         self._ckpt_runs = dict(ckpt.get("runs", {}))
         self._offset = int(ckpt.get("offset", 0)) if self._store_id is not None else 0
+        generation = ckpt.get("generation")
+        if hasattr(self.source, "resume_generation"):
+            self.source.resume_generation = generation if isinstance(generation, int) else None
         old_id = ckpt.get("store_id")
         if ckpt and old_id != self._store_id and self._store_id is not None:
             # A replaced store reuses offsets: start it from 0, keep dedupe by (run, seq).
@@ -325,6 +457,8 @@ class SinkRuntime:
             )
             self.counters.store_changes += 1
             self._offset = 0
+            if hasattr(self.source, "resume_generation"):
+                self.source.resume_generation = None
         if ckpt:
             log.info(
                 "%s: resuming at offset %d with %d known run(s)",
@@ -360,13 +494,18 @@ class SinkRuntime:
             self._dirty = False
             return
         for run in self._runs.values():
+            if run.call is not None:
+                continue  # its backend is busy; its unapplied events hold the low water
             if run.backend is not None and not _safe_flush(run):
                 log.warning("%s: run %s did not flush; checkpoint deferred", self.name, run.name)
                 return
         runs = dict(self._ckpt_runs)
         runs.update({name: r.next_seq for name, r in self._runs.items()})
+        generation = getattr(self.source, "generation", None)
         try:
-            self.state.save_checkpoint(self._store_id, self._low_water(), runs)
+            self.state.save_checkpoint(
+                self._store_id, self._low_water(), runs, generation=generation
+            )
             self._dirty = False
         except OSError as exc:
             log.error("%s: cannot write checkpoint: %s", self.name, exc)
@@ -417,6 +556,9 @@ class SinkRuntime:
             "runs_tracked": len(self._runs),
             "retrying": sorted(r.name for r in self._runs.values() if r.attempts)[:20],
             "gap_reports": self._gap_log[-20:],
+            "store_losses": self._losses[-20:],
+            "hung": self._hung(now),
+            "sink_stats": self._sink_stats(),
             "runs": [
                 {
                     "run": r.name,
@@ -438,13 +580,40 @@ class SinkRuntime:
             ],
         }
 
+    def _hung(self, now: float) -> list[dict[str, Any]]:
+        deadline = self.config.call_deadline_ms / 1000.0
+        out = []
+        for r in list(self._runs.values()):
+            call = r.call
+            if call is not None and not call.done.is_set() and now - call.started >= deadline:
+                out.append(
+                    {"run": r.name, "call": call.what, "kind": self.name,
+                     "for_s": round(now - call.started, 1)}
+                )  # fmt: skip
+        return out[:20]
+
+    def _sink_stats(self) -> dict[str, Any]:
+        stats = getattr(self.sink, "stats", None)
+        if stats is None:
+            return {}
+        try:
+            return dict(stats())
+        except Exception as exc:  # a status probe must never stop the sink
+            log.debug("sink stats failed: %s", exc)
+            return {}
+
     def _shutdown(self) -> None:
+        self._wait_for_calls()
         for run in self._runs.values():
-            if run.backend is not None:
+            if run.backend is not None and run.call is None:
                 _safe_flush(run)
         self._checkpoint()
         for run in self._runs.values():
-            self._close_backend(run)
+            if run.call is None:
+                self._close_backend(run)
+        if self._worker is not None:
+            self._worker.stop(wait_s=1.0)  # idle: it ends at once
+            self._worker = None
         try:
             self.sink.shutdown()
         except Exception:
@@ -454,6 +623,74 @@ class SinkRuntime:
             self.source.close()
         except Exception:
             log.exception("%s: closing the source failed", self.name)
+
+    def _wait_for_calls(self) -> None:
+        """Give set-aside calls a bounded moment to answer; leave the rest behind."""
+        deadline = self._clock() + SHUTDOWN_CALL_WAIT_S
+        for run in self._runs.values():
+            call = run.call
+            if call is None:
+                continue
+            call.done.wait(max(0.0, deadline - self._clock()))
+            if call.done.is_set():
+                self._advance(run, self._clock(), finish_only=True)
+                continue
+            log.warning(
+                "%s: run %s: a %s call has not answered for %.0fs; leaving it behind "
+                "(its events are applied again from the checkpoint by the next start)",
+                self.name,
+                run.name,
+                call.what,
+                self._clock() - call.started,
+            )
+
+    # ------------------------------------------------------------ backend calls
+
+    def _call(self, run: _Run, what: str, fn: Callable[..., Any], *args: Any,
+              batch: list[Item] | None = None) -> _Call | None:  # fmt: skip
+        """Run ``fn(*args)`` on the worker; the finished call, or None when set aside."""
+        if self._worker is None:
+            self._workers += 1
+            self._worker = _Worker(f"rose-sink-{self.name}-{self._workers}")
+        call = _Call(fn, args, what, batch or [])
+        call.started = self._clock()
+        self._worker.submit(call)
+        if call.done.wait(min(CALL_WAIT_S, self.config.call_deadline_ms / 1000.0)):
+            return call
+        # Set the run aside with this worker; the next call gets a new one.
+        run.call, run.worker, self._worker = call, self._worker, None
+        self._ready.add(run.name)
+        log.debug("%s: run %s: %s call set aside while it runs", self.name, run.name, what)
+        return None
+
+    def _check_hung(self, run: _Run, call: _Call, now: float) -> None:
+        elapsed = now - call.started
+        if not call.hung and elapsed >= self.config.call_deadline_ms / 1000.0:
+            call.hung = True
+            self.counters.hung_calls += 1
+            log.warning(
+                "%s: %s call hung for %.0f s on run %s; the sink's other runs go on, this "
+                "one waits for the answer",
+                self.name,
+                call.what,
+                elapsed,
+                run.name,
+            )
+
+    def _finish(self, run: _Run, call: _Call) -> None:
+        """A set-aside call answered: its worker retires, its run comes back."""
+        run.call = None
+        if run.worker is not None:
+            run.worker.stop()
+            run.worker = None
+        if call.hung:
+            log.warning(
+                "%s: run %s: the %s call that hung answered after %.0f s",
+                self.name,
+                run.name,
+                call.what,
+                self._clock() - call.started,
+            )
 
     # ------------------------------------------------------------ intake
 
@@ -475,13 +712,20 @@ class SinkRuntime:
         return run
 
     def _open_backend(self, run: _Run) -> bool:
-        try:
-            backend = self.sink.open_run(run.name)
-            resume = backend.resume_seq()
-        except Exception as exc:
+        if run.call is not None:
+            return False
+        call = self._call(run, "open", _open_run, self.sink, run.name)
+        return call is not None and self._opened(run, call)
+
+    def _opened(self, run: _Run, call: _Call) -> bool:
+        exc = call.error
+        if exc is not None:
+            if not isinstance(exc, Exception):
+                raise exc
             # Opening is retried for as long as it takes: there is no event to skip.
             self._schedule_retry(run, f"cannot open: {type(exc).__name__}: {exc}", None, exc)
             return False
+        backend, resume = call.result
         run.attempts = 0
         run.backend = backend
         if resume is not None and resume > run.next_seq:
@@ -548,8 +792,19 @@ class SinkRuntime:
             if not run.pending and run.behind_offset is None:
                 self._ready.discard(name)
 
-    def _advance(self, run: _Run, now: float) -> None:
-        if run.retry_at > now:
+    def _advance(self, run: _Run, now: float, *, finish_only: bool = False) -> None:
+        call = run.call
+        if call is not None:
+            if not call.done.is_set():
+                self._check_hung(run, call, now)
+                return
+            self._finish(run, call)
+            if call.what == "open":
+                if not self._opened(run, call):
+                    return
+            elif not self._after_apply(run, call.batch, *_outcome(call)):
+                return
+        if finish_only or run.retry_at > now:
             return
         if run.backend is None and not self._open_backend(run):
             return
@@ -569,57 +824,65 @@ class SinkRuntime:
                     continue
                 return
             run.gap_since = None
-            result, raised = self._apply(run, batch)
-            if raised and len(batch) > 1:
-                # Which event raised is unknown: go one by one through this batch.
-                run.isolate_until = batch[-1].seq
-                continue
-            done = max(0, min(result.applied, len(batch)))
-            if done:
-                self._applied(run, batch[:done])
-            if result.outcome is Outcome.SUCCESS and done == len(batch):
-                if run.attempts:
-                    log.info(
-                        "%s: run %s recovered after %d retr%s",
-                        self.name,
-                        run.name,
-                        run.attempts,
-                        "y" if run.attempts == 1 else "ies",
-                    )
-                    run.attempts, run.last_error = 0, ""
-                if run.done and not pending:
-                    self._close_backend(run)
-                    return
-                continue
-            if result.outcome is Outcome.REJECT:
-                self._skip(run, f"rejected by the sink: {result.error}")
-                continue
-            error = result.error or "the sink applied only part of a batch"
-            if not self._schedule_retry(run, error, result.retry_after_s):
-                self._skip(run, f"gave up after {run.attempts} attempt(s): {error}")
-                run.attempts, run.retry_at = 0, 0.0
-                continue
-            return
+            call = self._apply(run, batch)
+            if call is None:
+                return  # set aside: the run goes on when the call answers
+            if not self._after_apply(run, batch, *_outcome(call)):
+                return
 
-    def _apply(self, run: _Run, batch: list[Item]) -> tuple[ApplyResult, bool]:
-        """The backend's result, and whether it raised (then nothing counts as applied)."""
-        assert run.backend is not None
-        events = [item.event for item in batch]
-        try:
-            if batch[0].line is None:
-                return run.backend.apply(events), False  # type: ignore[arg-type]
-            lines = [item.line for item in batch]
-            return run.backend.apply(events, lines), False  # type: ignore[arg-type]
-        except Exception as exc:
+    def _after_apply(self, run: _Run, batch: list[Item], result: ApplyResult,
+                     raised: BaseException | None) -> bool:  # fmt: skip
+        """Account for a batch's result; True when the run may go on at once."""
+        if raised is not None:
+            if not isinstance(raised, Exception):
+                raise raised
             if not run.attempts and len(batch) == 1:
                 log.warning(
                     "%s: run %s: the sink raised on seq %d",
                     self.name,
                     run.name,
                     batch[0].seq,
-                    exc_info=True,
+                    exc_info=raised,
                 )
-            return ApplyResult.retry(0, f"{type(exc).__name__}: {exc}"), True
+            if len(batch) > 1:
+                # Which event raised is unknown: go one by one through this batch.
+                run.isolate_until = batch[-1].seq
+                return True
+        done = max(0, min(result.applied, len(batch)))
+        if done:
+            self._applied(run, batch[:done])
+        if result.outcome is Outcome.SUCCESS and done == len(batch):
+            if run.attempts:
+                log.info(
+                    "%s: run %s recovered after %d retr%s",
+                    self.name,
+                    run.name,
+                    run.attempts,
+                    "y" if run.attempts == 1 else "ies",
+                )
+                run.attempts, run.last_error = 0, ""
+            if run.done and not run.pending:
+                self._close_backend(run)
+                return False
+            return True
+        if result.outcome is Outcome.REJECT:
+            self._skip(run, f"rejected by the sink: {result.error}")
+            return True
+        error = result.error or "the sink applied only part of a batch"
+        if not self._schedule_retry(run, error, result.retry_after_s):
+            self._skip(run, f"gave up after {run.attempts} attempt(s): {error}")
+            run.attempts, run.retry_at = 0, 0.0
+            return True
+        return False
+
+    def _apply(self, run: _Run, batch: list[Item]) -> _Call | None:
+        """Hand ``batch`` to the run's backend: the finished call, or None when set aside."""
+        assert run.backend is not None
+        events = [item.event for item in batch]
+        if batch[0].line is None:
+            return self._call(run, "apply", run.backend.apply, events, batch=batch)
+        lines = [item.line for item in batch]
+        return self._call(run, "apply", run.backend.apply, events, lines, batch=batch)
 
     def _applied(self, run: _Run, items: list[Item]) -> None:
         for item in items:
@@ -760,6 +1023,19 @@ class SinkRuntime:
         excess = len(self._runs) - self.config.max_runs
         for name in [n for n, r in self._runs.items() if r.done and not r.pending][:excess]:
             del self._runs[name]
+
+
+def _open_run(sink: Sink, name: str) -> tuple[RunSink, int | None]:
+    backend = sink.open_run(name)
+    return backend, backend.resume_seq()
+
+
+def _outcome(call: _Call) -> tuple[ApplyResult, BaseException | None]:
+    """An apply call's result; one that raised counts as a retry with nothing applied."""
+    if call.error is not None:
+        exc = call.error
+        return ApplyResult.retry(0, f"{type(exc).__name__}: {exc}"), exc
+    return call.result, None
 
 
 def _safe_flush(run: _Run) -> bool:

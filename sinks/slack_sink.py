@@ -26,6 +26,7 @@ from rose.fileio import atomic_write_json, read_json
 from rose.integrations.slack_messages import RunMessages, SlackOptions, milestone_list
 from rose.integrations.slack_webhook import (
     DEFAULT_MIN_INTERVAL_S,
+    DEFAULT_TIMEOUT_S,
     DEFAULT_WEBHOOK_ENV,
     Delivery,
     Webhook,
@@ -64,6 +65,10 @@ class SlackSink(Sink):
     def open_run(self, run: str) -> RunSink:
         check_run_id(run)
         return SlackRunSink(self, run, self.journal_dir / f"{run}.json")
+
+    def stats(self) -> dict[str, int]:
+        """For ``rose status``: posts that may or may not have reached Slack are not re-sent."""
+        return {"posted": self.posted, "maybe_posted": self.unknown, "rejected": self.rejected}
 
 
 class SlackRunSink(RunSink):
@@ -194,6 +199,14 @@ def add_cli_arguments(parser: Any, *, positional: bool = True) -> None:
         "--learner-names", metavar="A,B,...", help="names for parallel learners 0, 1, ..."
     )
     parser.add_argument(
+        "--post-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="wait this long for Slack's reply to a post; a post without reply is not sent "
+        "again (it may have arrived) [%(default)s]",
+    )
+    parser.add_argument(
         "--min-interval",
         type=float,
         default=DEFAULT_MIN_INTERVAL_S,
@@ -210,14 +223,44 @@ def build_sink(args: Any) -> SlackSink:
         milestones=milestone_list(args.milestones),
         learner_names=tuple(names) or None,
     )
-    if args.min_interval < 0:
-        raise ValueError("--min-interval must be 0 or more seconds")
+    if args.min_interval < 0 or args.post_timeout <= 0:
+        raise ValueError("--min-interval must be 0 or more seconds, --post-timeout more than 0")
+    _check_reachable(url)
     state = getattr(args, "state", None)
     state_dir = Path(state).expanduser() if state else default_state_dir(args)
     return SlackSink(
-        Webhook(url, min_interval_s=args.min_interval), state_dir / "slack-runs", options
+        Webhook(url, min_interval_s=args.min_interval, timeout_s=args.post_timeout),
+        state_dir / "slack-runs",
+        options,
     )
 
 
 def default_state_dir(args: Any) -> Path:
     return Path(".rose-sink") / "slack"
+
+
+def _check_reachable(url: str, timeout_s: float = 5.0) -> None:
+    """A webhook host that does not exist or refuses connections is a mistake: say so now.
+
+    Only a TCP connect, nothing is posted; a host that is slow to answer is
+    left to the runtime's retries.
+    """
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host):
+        return  # a proxy connects for us; its answer tells
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except socket.gaierror:
+        raise ValueError(f"the Slack webhook's host {host!r} is not found (a typo?)") from None
+    except ConnectionRefusedError:
+        raise ValueError(
+            f"the Slack webhook's host {host!r} refuses connections on port {port}"
+        ) from None
+    except OSError as exc:
+        log.warning("slack: cannot reach the webhook's host yet (%s); posts will be retried", exc)

@@ -23,6 +23,26 @@ class SourceChanged(Exception):
     """The source now serves a different store: offsets restart, (run, seq) still dedupe."""
 
 
+class Rewind:
+    """Yielded by a source instead of an item: its store lost events, offsets go back.
+
+    The events at and after ``offset`` follow (those already delivered are
+    skipped by (run, seq)); ``lost`` events after offset ``after`` are gone
+    from the store, which is now at ``generation``.
+    """
+
+    __slots__ = ("offset", "lost", "after", "generation", "from_offset")
+
+    def __init__(
+        self, offset: int, lost: int, after: int, generation: int | None, from_offset: int
+    ) -> None:
+        self.offset = offset
+        self.lost = lost
+        self.after = after
+        self.generation = generation
+        self.from_offset = from_offset
+
+
 class Item:
     """One stored event as the runtime sees it (routing key first, body on demand)."""
 

@@ -27,6 +27,47 @@ class StateDirBusy(RuntimeError):
     """Another live process holds this state directory."""
 
 
+class OutputBusy(ValueError):
+    """Another live sink writes the same output (directory, MLflow experiment, ...)."""
+
+
+class OutputLock:
+    """An exclusive flock on ``path`` held while a sink writes what it guards.
+
+    The kernel drops it when the process ends (also after ``kill -9``), so a
+    stale lock file never blocks anybody.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], busy_message: str) -> None:
+        self.path = Path(path)
+        self.busy_message = busy_message
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock; raise OutputBusy (message with the holder's pid) when taken."""
+        import fcntl
+
+        if self._fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise OutputBusy(self.busy_message.format(pid=holder)) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
 class StateDir:
     """Owns ``DIR/checkpoint.json`` and ``DIR/status.json`` for one sink process."""
 
@@ -77,11 +118,24 @@ class StateDir:
         }
         return data
 
-    def save_checkpoint(self, store_id: str | None, offset: int, runs: dict[str, int]) -> None:
-        atomic_write_json(
-            self.checkpoint_path,
-            {"version": CHECKPOINT_VERSION, "store_id": store_id, "offset": offset, "runs": runs},
-        )
+    def save_checkpoint(
+        self,
+        store_id: str | None,
+        offset: int,
+        runs: dict[str, int],
+        *,
+        generation: int | None = None,
+    ) -> None:
+        """``generation``: the store generation ``offset`` belongs to (None: unknown)."""
+        data: dict[str, Any] = {
+            "version": CHECKPOINT_VERSION,
+            "store_id": store_id,
+            "offset": offset,
+            "runs": runs,
+        }
+        if generation is not None:
+            data["generation"] = generation
+        atomic_write_json(self.checkpoint_path, data)
 
     def save_status(self, status: dict[str, Any]) -> None:
         # Status is advisory and rewritten every second: no fsync needed.

@@ -346,6 +346,8 @@ class Stack:
     def stop_all(self) -> None:
         """SIGTERM every daemon, sinks first; each must exit 0."""
         for d in reversed(self.daemons):
+            if d.alive and d.ready is not None:  # one restarted last may still be starting
+                wait_until(d._ready_or_dead, f"{d.name} to be up before SIGTERM", timeout=60)
             rc = d.terminate()
             assert rc == 0, f"{d.name} exited {rc} on SIGTERM:\n{d.log()[-3000:]}"
 

@@ -89,7 +89,9 @@ def test_retry_then_success_and_other_runs_unaffected():
         for e in run_events("slow", 4) + run_events("fine", 4):
             store.append(e)
         wait_until(lambda: len(sink.events["fine"]) == 6, what="the healthy run")
-        assert sink.seqs("slow") == [0, 1]  # the batch raised: isolated event by event
+        # the batch raised: isolated event by event (on the sink's worker thread)
+        wait_until(lambda: rt.counters.retries == 1, what="the first failure")
+        assert sink.seqs("slow") == [0, 1]
         for attempt in range(1, 3):  # the batch that raised is retried at once, one by one
             wait_until(lambda a=attempt: rt.counters.retries == a, what=f"failure {attempt}")
             assert sink.seqs("slow") == [0, 1]
