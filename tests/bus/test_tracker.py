@@ -39,7 +39,10 @@ def test_a_stalled_broker_fills_the_bounded_buffer_then_the_fallback_log(
         flush_timeout_ms=100,
     )
     # The stalled side must process its connection once to send the subscription.
-    assert wait_until(lambda: stalled.getsockopt(zmq.EVENTS) is not None and tracker.flush(10))
+    assert wait_until(
+        lambda: stalled.getsockopt(zmq.EVENTS) is not None and tracker.flush(10)
+        and tracker.subscriptions == 1
+    )
     n = 20_000
     with caplog.at_level(logging.WARNING, logger="bus.tracker"):
         tracker.on_start(MANIFEST)

@@ -164,8 +164,13 @@ def test_quickstart_bus_in_three_commands_then_status_tail_and_replay(checkout, 
         tail = sh("rose tail --last 5 --count 5", checkout).stdout.splitlines()
         assert [line.split(" #")[1].split()[0] for line in tail] == ["0", "1", "2", "3", "4"]
         assert "iteration 2 mean_squared_error_mse=0.005" in tail[3]
-        replay = sh("rose replay rose-store/ --into file --out runs/", checkout).stderr
-        assert "5 event(s) into file: 0 applied, 5 duplicate(s) skipped" in replay
+        # A second sink on the live sink's --out would write every event twice: refused.
+        busy = sh("rose replay rose-store/ --into file --out runs/", checkout, ok=False)
+        assert busy.returncode == 2 and "is being written by another file sink" in busy.stderr
+        replay = sh("rose replay rose-store/ --into file --out stored/", checkout).stderr
+        assert "5 event(s) into file: 5 applied" in replay
+        (stored,) = (checkout / "stored").glob("*.jsonl")
+        assert stored.read_bytes() == (checkout / "runs" / stored.name).read_bytes()
         code, err = _stop(sink, signal.SIGINT)  # Ctrl-C: finishes, checkpoints, exits 0
         assert code == 0 and err.startswith("rose sink file: following the broker of rose-store/")
         sink = again = _popen(["rose", "sink", "file", "--out", "runs/"], checkout)
