@@ -7,6 +7,8 @@ runs on rhapsody's ``RadicalExecutionBackend``.  Then it
   (:func:`task_requirements`), so ``ranks=4, num_gpus=4`` or upstream ROSE's
   ``task_description={"shell": True}`` reach RADICAL-Pilot instead of killing
   the engine's submit loop with ``TDKeyError``;
+* runs the tasks in one folder of the pilot's sandbox, so that a task reads
+  the files the previous one wrote, as in a ROSE script's working directory;
 * makes a dead pilot fail every task (running and later ones) with one
   :class:`PilotError` naming the cause and the sandbox log, instead of the
   bare ``pilot died`` or a hang.
@@ -34,6 +36,8 @@ TOTALS = {
     "cpus": "cores_per_rank",
     "memory": "mem_per_rank",
 }
+#: The task folder (under the pilot's sandbox) a learner's tasks share.
+SHARED_SANDBOX = "rose.tasks"
 #: Other spellings of radical.pilot keys.
 ALIASES = {"num_ranks": "ranks", "mpi_ranks": "ranks", "env": "environment"}
 
@@ -118,6 +122,11 @@ def adapt(engine: Any) -> None:
         except ValueError as exc:
             _fail(engine, uid, exc, fail_component)
             return None
+        linked = any("SRC_TASK_ID" in str(cmd) for cmd in kwargs.get("pre_exec", []))
+        if not linked:
+            # Learners hand results on as values, so rhapsody links no sandboxes; tasks
+            # that pass files (sim.py writes, train.py reads) share one folder instead.
+            kwargs.setdefault("sandbox", SHARED_SANDBOX)
         return build_task(uid, task_desc, kwargs)
 
     async def submit(tasks: list) -> Any:
