@@ -141,9 +141,29 @@ def adapt(engine: Any) -> None:
         error = watch.error()
         fail_component(component, future, error if error is not None else override_error_message)
 
+    async def shutdown() -> None:
+        try:
+            await close()
+        finally:
+            _forget_uids(backend)
+
+    close = backend.shutdown
     backend.build_task = build
     backend.submit_tasks = submit
+    backend.shutdown = shutdown
     engine.handle_component_failure = handle_failure
+
+
+def _forget_uids(backend: Any) -> None:
+    """radical.pilot refuses a task uid seen before in this process, while every new
+    engine numbers its tasks from task.000001: forget a closed session's uids, so that
+    a second engine in the same process (a notebook, a test suite) can run."""
+    from radical.pilot import task as rp_task
+
+    gone = set(getattr(backend, "tasks", {}))
+    for item in getattr(backend, "masters", []) + getattr(backend, "workers", []):
+        gone.update(t.uid for t in (item if isinstance(item, list) else [item]))
+    rp_task._uids[:] = [uid for uid in rp_task._uids if uid not in gone]
 
 
 def _fail(engine: Any, uid: str, error: BaseException, fail_component: Any) -> None:
