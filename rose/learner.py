@@ -29,7 +29,7 @@ from typing import Any
 
 from radical.asyncflow import WorkflowEngine
 
-from rose import metrics, pilot
+from rose import metrics
 from rose.events import make_origin, new_run_id, to_plain
 from rose.tracking import (
     CriterionManifest,
@@ -189,7 +189,9 @@ class Learner:
         self._origin: dict[str, Any] | None = None
         backend = getattr(asyncflow, "backend", None)
         self._dask_keys = type(backend).__name__.startswith("Dask")
-        pilot.adapt(asyncflow)  # RADICAL-Pilot: task requirements, dead-pilot errors
+        from rose.pilot import adapt  # RADICAL-Pilot: task requirements, dead-pilot errors
+
+        adapt(asyncflow)
         self._key_token = uuid.uuid4().hex[:12]
         self._submitted = 0
 
