@@ -117,10 +117,17 @@ async def radical_backend(pilot: dict[str, Any] | None = None, *, workers: int =
     backend = RadicalExecutionBackend(desc, raptor)
     try:
         return await backend
-    except BaseException:
+    except BaseException as exc:
         session = getattr(backend, "session", None)
         if session is not None:
             session.close(download=False)  # else its threads keep the process alive
+        if isinstance(exc, Exception):
+            from rose.pilot import PilotError
+
+            raise PilotError(
+                f"RADICAL-Pilot could not start a pilot on {desc.get('resource')!r}: {exc} "
+                "(radical-pilot-resources lists the resource names)"
+            ) from exc
         raise
 
 

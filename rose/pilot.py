@@ -109,6 +109,7 @@ def adapt(engine: Any) -> None:
     import radical.pilot as rp
 
     backend._rose_adapted = True
+    logging.getLogger(backend.__module__).addFilter(_raptor_noise)
     _fix_raptor_task_dicts(rp)
     schema = set(rp.TaskDescription._schema)
     watch = _PilotWatch(backend, rp)
@@ -164,6 +165,15 @@ def _forget_uids(backend: Any) -> None:
     for item in getattr(backend, "masters", []) + getattr(backend, "workers", []):
         gone.update(t.uid for t in (item if isinstance(item, list) else [item]))
     rp_task._uids[:] = [uid for uid in rp_task._uids if uid not in gone]
+
+
+def _raptor_noise(record: logging.LogRecord) -> bool:
+    """rhapsody warns on every state change of the raptor master and workers, which are
+    not tasks of the workflow: keep the log for what matters."""
+    return not (
+        record.levelno == logging.WARNING
+        and str(record.msg).startswith("No original task found for UID flow.")
+    )
 
 
 def _fail(engine: Any, uid: str, error: BaseException, fail_component: Any) -> None:

@@ -29,6 +29,7 @@ def pilot_dirs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ROSE_SESSION_DIR", str(tmp_path / "sessions"))
     monkeypatch.setenv("RADICAL_PILOT_BASE", str(tmp_path / "client"))
+    monkeypatch.setenv("RADICAL_BASE", str(tmp_path / "radical"))  # radical.utils' id counters
     if sys.prefix != sys.base_prefix:
         monkeypatch.setenv("VIRTUAL_ENV", sys.prefix)
         monkeypatch.setenv("PATH", f"{sys.prefix}/bin{os.pathsep}{os.environ.get('PATH', '')}")
@@ -179,6 +180,15 @@ async def test_a_dead_pilot_fails_the_learner_with_its_cause(tmp_path, pilot_dir
     logfile = msg.split("; see ")[1].split(";")[0]
     assert Path(logfile).is_file() and Path(logfile).is_relative_to(pilot_dirs)
     assert [rec.stop_reason for rec in recorders] == ["error", "error"]
+
+
+async def test_an_unknown_resource_fails_at_once_with_the_resource_named(pilot_dirs):
+    from rose.pilot import PilotError
+
+    pilot = {"resource": "no.such_machine", "cores": 2, "sandbox": str(pilot_dirs)}
+    with pytest.raises(PilotError, match="'no.such_machine'.*radical-pilot-resources"):
+        async with engine("radical", pilot=pilot):
+            pass
 
 
 async def _echo_task(*args, **kwargs):
