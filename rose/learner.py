@@ -189,6 +189,9 @@ class Learner:
         self._origin: dict[str, Any] | None = None
         backend = getattr(asyncflow, "backend", None)
         self._dask_keys = type(backend).__name__.startswith("Dask")
+        from rose.pilot import adapt  # RADICAL-Pilot: task requirements, dead-pilot errors
+
+        adapt(asyncflow)
         self._key_token = uuid.uuid4().hex[:12]
         self._submitted = 0
 
