@@ -179,6 +179,7 @@ class Learner:
         self.iteration = 0
         self._state_registry: dict[str, Any] = {}
         self._state_callbacks: list[Callable[[str, Any], None]] = []
+        self._callback_errors: dict[int, int] = {}
         self._current_state: IterationState | None = None
         self._max_iter: int | None = None
         self._tasks: dict[str, _Task] = {}
@@ -447,7 +448,15 @@ class Learner:
             try:
                 callback(key, value)
             except Exception:
-                log.exception("state callback %r raised for %r; the run continues", callback, key)
+                n = self._callback_errors.get(id(callback), 0) + 1
+                self._callback_errors[id(callback)] = n
+                if n == 1:
+                    log.exception(
+                        "state callback %r raised for %r; the run continues (further "
+                        "failures of this callback are counted, and told at the end of the run)",
+                        callback,
+                        key,
+                    )
 
     def get_state(self, key: str, default: Any = None) -> Any:
         return self._state_registry.get(key, default)
@@ -603,6 +612,10 @@ class Learner:
             finally:
                 self._notify("on_stop", self._final_state(last), reason)
                 self._tracker_errors.summarize(self._trackers)
+                failed = sum(1 for n in self._callback_errors.values() if n > 1)
+                if failed:
+                    total = sum(self._callback_errors.values())
+                    log.warning("%d state callback(s) raised %d times in all", failed, total)
 
     def _final_state(self, last: IterationState | None) -> IterationState | None:
         """The state on_stop reports: the last one yielded (a family may pick another)."""

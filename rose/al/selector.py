@@ -88,6 +88,25 @@ class AlgorithmSelector(ActiveLearner):
         config = lane.config.task_config("active_learn", iteration) if lane.config else None
         return self._submit(self._tasks[_PREFIX + str(lane.learner_id)], config, *deps)
 
+    def _lane(
+        self, lane: Lane, max_iter: int, skip_pre_loop: bool, skip_simulation_step: bool
+    ) -> AsyncIterator[IterationState]:
+        """The active-learning loop, with the algorithm's result handed to the criterion."""
+        picked: list[Any] = [None]
+
+        async def middle(it: int, results: list[Any]) -> Any:
+            picked[0] = await self.submit("active_learn", lane, it, *results)
+            return picked[0]
+
+        return self._iterate(
+            lane,
+            max_iter,
+            skip_pre_loop,
+            step=lambda it: self._simulate_and_train(lane, it, skip_simulation_step),
+            middle=middle,
+            criterion_inputs=lambda results: (picked[0],),
+        )
+
     # ------------------------------------------------------------ run
 
     def start(
