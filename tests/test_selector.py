@@ -51,10 +51,14 @@ async def test_await_start_returns_best_algorithm_and_tracks_one_run(engine, rec
     assert result["best_algorithm"] == "fast"
     assert result["best_stats"] == {"iterations": 2, "last_result": 0.05}
     assert sel.get_best_algorithm() == ("fast", {"iterations": 2, "last_result": 0.05})
-    assert sel.get_all_results() == result["algorithm_results"] == {
-        "slow": {"iterations": 4, "last_result": 0.05},
-        "fast": {"iterations": 2, "last_result": 0.05},
-    }
+    assert (
+        sel.get_all_results()
+        == result["algorithm_results"]
+        == {
+            "slow": {"iterations": 4, "last_result": 0.05},
+            "fast": {"iterations": 2, "last_result": 0.05},
+        }
+    )
     kinds = recorder.kinds()
     assert kinds[0] == "start" and kinds.count("start") == 1 and kinds[-1] == "stop"
     manifest = recorder.calls[0][2]
