@@ -266,3 +266,60 @@ def test_sequential_learner_has_rose_03_members(engine):
     ):  # fmt: skip
         assert callable(getattr(learner, name)), name
     assert learner.run_id.startswith("kept-")
+
+
+# ---------------------------------------------------------------- where this project differs
+
+
+def test_explicit_operator_wins_over_the_metrics_own(engine):
+    learner = Learner(engine)
+    # ROSE 0.3 ignores operator= for a known metric; here what you write is what runs.
+    assert learner.compare_metric(MEAN_SQUARED_ERROR_MSE, 0.5, 0.1, operator=">")
+    assert not learner.compare_metric(MEAN_SQUARED_ERROR_MSE, 0.5, 0.1)
+
+
+async def test_bool_criterion_is_an_error(engine, recorder):
+    learner = build(engine, criterion=False)
+
+    @learner.as_stop_criterion(MODEL_ACCURACY, threshold=0.9, as_executable=False)
+    async def check(*a, **k):
+        return True
+
+    learner.add_tracker(recorder)
+    with pytest.raises(TypeError, match="must produce a number"):
+        async for _ in learner.start(max_iter=3):
+            pass
+    assert recorder.stop_reason == "error"
+
+
+async def test_parallel_stop_set_next_config_per_learner_and_no_prints(engine, recorder, capsys):
+    learner = build(engine, ParallelActiveLearner)
+    learner.add_tracker(recorder)
+    seen = []
+    async for state in learner.start(parallel_learners=2, max_iter=10):
+        seen.append((state.learner_id, state.iteration, state.lr))
+        if state.learner_id == 1 and state.iteration == 0:
+            learner.set_next_config(LearnerConfig(training=TaskConfig(kwargs={"lr": 9})), 1)
+        if len(seen) == 5:
+            learner.stop()
+    assert len(seen) <= 6 and recorder.stop_reason == "stopped"
+    assert recorder.calls[-1][2]["final_state"] is not None  # the real last state
+    assert {lr for lid, it, lr in seen if lid == 0} == {None}
+    assert 9 in {lr for lid, it, lr in seen if lid == 1 and it >= 1}
+    assert learner.metric_values_per_iteration == {}  # per learner: state.metric_history
+    assert capsys.readouterr().out == ""  # progress goes to logging, not stdout
+
+
+def test_selector_active_learn_task_bare_and_named(engine):
+    sel = AlgorithmSelector(engine)
+    assert sel.register_and_submit is False
+
+    @sel.active_learn_task
+    def uncertainty(*a):
+        return "picked"
+
+    @sel.active_learn_task(name="random")
+    def other(*a):
+        return "other"
+
+    assert sel.algorithm_names == ["uncertainty", "random"] and uncertainty() == "picked"

@@ -79,9 +79,15 @@ async def test_await_start_returns_best_algorithm_and_tracks_one_run(engine, rec
     assert stop["final_state"]["state"]["algo"] == "fast"
 
 
-async def test_iterating_start_streams_each_algorithms_states(engine):
+async def test_iterating_start_streams_each_algorithms_states(engine, capsys):
     sel = build(engine, {"a": [0.9] * 3, "b": [0.9] * 3})
-    states = [s async for s in sel.start(max_iter=3)]
+    states = []
+    async for state in sel.start(max_iter=3):
+        states.append(state)
+        if state.learner_id == "b" and state.iteration == 0:
+            sel.set_next_config(LearnerConfig(active_learn=TaskConfig(kwargs={"k": 3})), "b")
+    assert ("b", 3) in sel.seen and ("a", 3) not in sel.seen
+    assert capsys.readouterr().out == ""  # logged, not printed
     assert sorted((s.learner_id, s.iteration) for s in states) == [
         (n, i) for n in "ab" for i in range(3)
     ]
