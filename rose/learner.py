@@ -152,6 +152,8 @@ class Learner:
     ``(should_stop, value)``), and share values through the state registry.
     """
 
+    #: Which learner of a parallel run this is (None for a sequential one).
+    learner_id: int | str | None = None
     #: Roles this family's loop uses, in pipeline order (for the manifest).
     roles: tuple[str, ...] = ()
     #: Roles whose threshold can end a run, so that ``max_iter=0`` is allowed.

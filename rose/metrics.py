@@ -163,7 +163,10 @@ class _MetricNames(Enum):
 #: with ``is_supported_metric`` and ``get_operator``.
 LearningMetrics = _MetricNames(
     "LearningMetrics",
-    {k: v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str)},
+    {
+        **{k: v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str)},
+        "OPERATORS": OPERATORS,  # ROSE 0.3 reads LearningMetrics.OPERATORS.value
+    },
     module=__name__,
 )
 

@@ -34,7 +34,7 @@ def test_import_rose_gives_the_learner_api_metrics_and_submodules():
     assert lm.is_supported_metric(MODEL_ACCURACY) and not lm.is_supported_metric("my_metric")
     assert lm.get_operator(MEAN_SQUARED_ERROR_MSE) == "<"
     assert lm.get_operator(lm.MODEL_ACCURACY) == ">=" and lm.MODEL_ACCURACY.value == MODEL_ACCURACY
-    assert rose.learner.Metrics is lm
+    assert rose.learner.Metrics is lm and lm.OPERATORS.value[MODEL_ACCURACY] == ">="
     assert rose.al.AlgorithmSelector is rose.selector.AlgorithmSelector is AlgorithmSelector
     assert rose.active_learner.ParallelActiveLearner is ParallelActiveLearner
     for name in ("rl", "uq", "reinforcement_learner", "uq_learner", "uq_scorer"):
