@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 
 class TaskConfig(BaseModel):
@@ -77,6 +77,8 @@ def config_snapshot(config: Any, iteration: int) -> dict[str, Any]:
         return {}
     if isinstance(config, dict):  # already plain data
         return to_plain(config)
+    if isinstance(config, _RecordedConfig):  # read from an event: give back exactly that
+        return to_plain(config._snapshot)
     snap: dict[str, Any] = {}
     for role in _roles(config):
         cfg = _lookup(_schedule_of(config, role), iteration)
@@ -89,6 +91,7 @@ class _RecordedConfig(LearnerConfig):
     """A configuration read back from an event: any task name, one TaskConfig each."""
 
     model_config = ConfigDict(extra="allow")
+    _snapshot: dict[str, Any] = PrivateAttr(default_factory=dict)
 
 
 def config_from_snapshot(snapshot: dict[str, Any]) -> LearnerConfig | None:
@@ -109,4 +112,6 @@ def config_from_snapshot(snapshot: dict[str, Any]) -> LearnerConfig | None:
             kwargs=kwargs if isinstance(kwargs, dict) else {},
         )
     known = {r: fields.pop(r) for r in list(fields) if r in LearnerConfig.model_fields}
-    return _RecordedConfig.model_construct(**known, **fields)
+    config = _RecordedConfig.model_construct(**known, **fields)
+    config._snapshot = snapshot
+    return config

@@ -117,6 +117,9 @@ async def test_current_config_is_the_learner_config_in_effect(engine):
     replayed = state_from_body(json.loads(json.dumps(body)))
     assert replayed.current_config.get_task_config("training", 0) == TaskConfig(kwargs={"lr": 0.1})
     assert state_to_body(replayed) == body
+    # Whatever an event holds comes back out exactly, shaped like a config or not.
+    odd = dict(body, current_config={"training": "not a map", "uncertainty": {"args": [1]}})
+    assert state_to_body(state_from_body(odd)) == odd
     # Without a config there is none.
     plain = [s async for s in build(engine).start(max_iter=1)]
     assert plain[0].current_config is None and state_to_body(plain[0])["current_config"] == {}
