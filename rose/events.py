@@ -241,6 +241,24 @@ def manifest_to_body(manifest: PipelineManifest) -> dict[str, Any]:
     }
 
 
+def config_snapshot(config: Any, iteration: int) -> dict[str, Any]:
+    """A state's ``current_config`` as plain data (pydantic loads only when one is set)."""
+    if config is None:
+        return {}
+    from rose.config import config_snapshot as snapshot
+
+    return snapshot(config, iteration)
+
+
+def config_from_snapshot(snapshot: dict[str, Any]) -> Any:
+    """The LearnerConfig an event's ``current_config`` describes, or None if empty."""
+    if not snapshot:
+        return None
+    from rose.config import config_from_snapshot as rebuild
+
+    return rebuild(snapshot)
+
+
 def state_to_body(state: IterationState) -> dict[str, Any]:
     # metric_history is left out: it is rebuilt from the run's own iterations.
     return {
@@ -250,7 +268,7 @@ def state_to_body(state: IterationState) -> dict[str, Any]:
         "metric_value": to_plain(state.metric_value),
         "metric_threshold": to_plain(state.metric_threshold),
         "should_stop": bool(state.should_stop),
-        "current_config": to_plain(state.current_config),
+        "current_config": config_snapshot(state.current_config, state.iteration),
         "state": to_plain(state.state),
     }
 
@@ -329,7 +347,7 @@ def state_from_body(body: Any, history: list[float] | None = None) -> IterationS
         metric_threshold=_need(body, "metric_threshold", _OPT_NUM, what),
         metric_history=list(history or []),
         should_stop=_need(body, "should_stop", bool, what),
-        current_config=_need(body, "current_config", dict, what),
+        current_config=config_from_snapshot(_need(body, "current_config", dict, what)),
         state=_need(body, "state", dict, what),
     )
 

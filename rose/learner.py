@@ -30,7 +30,8 @@ from typing import Any
 from radical.asyncflow import WorkflowEngine
 
 from rose import metrics
-from rose.events import make_origin, new_run_id, to_plain
+from rose.config import LearnerConfig, Schedule, TaskConfig
+from rose.events import make_origin, new_run_id
 from rose.tracking import (
     CriterionManifest,
     EventContext,
@@ -43,43 +44,18 @@ from rose.tracking import (
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "IterationState",
+    "Learner",
+    "LearnerConfig",
+    "Metrics",
+    "ParallelLearner",
+    "Schedule",
+    "TaskConfig",
+]
 
-@dataclass
-class TaskConfig:
-    """Arguments for one task call: ``args`` come first, dependencies are appended."""
-
-    args: tuple = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-#: A task's configuration: one TaskConfig for every iteration, or a schedule
-#: ``{iteration: TaskConfig}`` where each entry holds until the next one
-#: (``"default"`` applies before the first).
-Schedule = TaskConfig | dict[Any, TaskConfig] | None
-
-
-@dataclass
-class LearnerConfig:
-    simulation: Schedule = None
-    training: Schedule = None
-    active_learn: Schedule = None
-    criterion: Schedule = None
-    environment: Schedule = None
-    update: Schedule = None
-
-    def task_config(self, role: str, iteration: int) -> TaskConfig | None:
-        """The TaskConfig in effect for ``role`` at ``iteration``, or None."""
-        sched = getattr(self, role, None)
-        if sched is None or isinstance(sched, TaskConfig):
-            return sched
-        if not isinstance(sched, dict):
-            raise TypeError(f"LearnerConfig.{role} must be a TaskConfig or a dict of them")
-        if iteration in sched:
-            return sched[iteration]
-        earlier = [k for k in sched if isinstance(k, int) and k <= iteration]
-        if earlier:
-            return sched[max(earlier)]
-        return sched.get("default")
+#: ROSE 0.3 spelling of the metric names class.
+Metrics = metrics.LearningMetrics
 
 
 @dataclass
@@ -157,8 +133,8 @@ class _TrackerErrors:
 def task_decorator(role: str, doc: str | None = None) -> Callable:
     """A learner method that registers the ``role`` task, used bare or called with options."""
 
-    def register(self: Learner, func: Callable | None = None, /, **options: Any) -> Callable:
-        return self._decorator(role, func, options)
+    def register(self: Learner, _func: Callable | None = None, **options: Any) -> Callable:
+        return self._decorator(role, _func, options)
 
     register.__name__ = register.__qualname__ = f"{role}_task"
     register.__doc__ = doc or (
@@ -169,16 +145,45 @@ def task_decorator(role: str, doc: str | None = None) -> Callable:
 
 
 class Learner:
-    """Base of every learner: tasks, configuration, tracking lifecycle."""
+    """Base of every learner: tasks, configuration, tracking lifecycle.
 
+    The base class also serves custom loops: decorate tasks, call them to
+    submit (awaiting one gives its result; awaiting the stop criterion gives
+    ``(should_stop, value)``), and share values through the state registry.
+    """
+
+    #: Which learner of a parallel run this is (None for a sequential one).
+    learner_id: int | str | None = None
     #: Roles this family's loop uses, in pipeline order (for the manifest).
     roles: tuple[str, ...] = ()
     #: Roles whose threshold can end a run, so that ``max_iter=0`` is allowed.
     stop_roles: tuple[str, ...] = ("criterion",)
 
-    def __init__(self, asyncflow: WorkflowEngine, *, run_name: str | None = None) -> None:
+    simulation_task = task_decorator("simulation")
+    training_task = task_decorator("training")
+    active_learn_task = task_decorator("active_learn")
+    prediction_task = task_decorator("prediction")
+
+    def __init__(
+        self,
+        asyncflow: WorkflowEngine,
+        register_and_submit: bool = True,
+        *,
+        run_name: str | None = None,
+    ) -> None:
         self.asyncflow = asyncflow
+        #: False: calling a decorated task runs its function here instead of submitting it.
+        self.register_and_submit = bool(register_and_submit)
         self.run_id = new_run_id(run_name)
+        #: Criterion values by iteration (of a sequential run, or of criterion calls).
+        self.metric_values_per_iteration: dict[int, float] = {}
+        #: The next iteration a hand-called stop criterion records under.
+        self.iteration = 0
+        self._state_registry: dict[str, Any] = {}
+        self._state_callbacks: list[Callable[[str, Any], None]] = []
+        self._callback_errors: dict[int, int] = {}
+        self._current_state: IterationState | None = None
+        self._max_iter: int | None = None
         self._tasks: dict[str, _Task] = {}
         self._trackers: list[Any] = []
         self._tracker_errors = _TrackerErrors()
@@ -204,6 +209,35 @@ class Learner:
     @property
     def is_stopped(self) -> bool:
         return self._stop_requested
+
+    def _function_view(self, role: str) -> dict[str, Any]:
+        """A registered task as ROSE 0.3's ``<role>_function`` dict ({} if none)."""
+        task = self._tasks.get(role)
+        if task is None:
+            return {}
+        view = {
+            "func": task.func,
+            "args": (),
+            "kwargs": {},
+            "decor_kwargs": dict(task.decor_kwargs),
+            "log_params": dict(task.log_params),
+            "as_executable": task.as_executable,
+        }
+        if role == "criterion":
+            view.update(
+                metric_name=task.metric_name, threshold=task.threshold, operator=task.operator
+            )
+        return view
+
+    simulation_function = property(lambda self: self._function_view("simulation"))
+    training_function = property(lambda self: self._function_view("training"))
+    active_learn_function = property(lambda self: self._function_view("active_learn"))
+    prediction_function = property(lambda self: self._function_view("prediction"))
+    criterion_function = property(lambda self: self._function_view("criterion"))
+
+    def register_decorator(self, task_attr_name: str) -> Callable:
+        """A decorator (bare or with options) registering tasks as ``task_attr_name``."""
+        return task_decorator(task_attr_name).__get__(self)
 
     def _decorator(
         self, role: str, func: Callable | None, options: dict[str, Any], **criterion: Any
@@ -249,7 +283,31 @@ class Learner:
             operator=operator,
         )
         self._tasks[role] = task
-        return functools.partial(self._submit, task, TaskConfig())
+        return self._handle(task)
+
+    def _handle(self, task: _Task) -> Callable:
+        """What a decorator returns: calling it submits the task with the call's arguments."""
+        func = task.func
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if not self.register_and_submit:
+                return func(*args, **kwargs)
+            return self._submit(task, TaskConfig.model_construct(args=args, kwargs=kwargs))
+
+        if task.role == "criterion":
+            run = call
+
+            async def call(*args: Any, **kwargs: Any) -> tuple[bool, float]:  # type: ignore[misc]
+                result = run(*args, **kwargs)
+                if asyncio.isfuture(result) or asyncio.iscoroutine(result):
+                    result = await result
+                value = _metric_value(result, task.metric_name)
+                self.metric_values_per_iteration[self.iteration] = value
+                self.iteration += 1
+                return metrics.compare(value, task.threshold, task.operator), value
+
+        functools.update_wrapper(call, func)
+        return call
 
     def as_stop_criterion(
         self,
@@ -272,11 +330,11 @@ class Learner:
             operator=op,
         )
 
-    def utility_task(self, func: Callable | None = None, /, **options: Any) -> Callable:
+    def utility_task(self, _func: Callable | None = None, **options: Any) -> Callable:
         def register(f: Callable) -> Callable:
             return self.register_task(f"utility.{f.__name__}", f, **options)
 
-        return register(func) if func is not None else register
+        return register(_func) if _func is not None else register
 
     def _submit(self, task: _Task, config: TaskConfig | None, *deps: Any) -> Any:
         config = config or TaskConfig()
@@ -304,7 +362,9 @@ class Learner:
         if isinstance(result, str):
             result = _json_object_from_stdout(result)
         if isinstance(result, dict):
-            lane.state.update({str(k): v for k, v in result.items()})
+            for k, v in result.items():
+                lane.state[str(k)] = v
+                self.register_state(str(k), v)
 
     def check_criterion(
         self, lane: Lane, result: Any, role: str = "criterion"
@@ -326,25 +386,121 @@ class Learner:
         crit = self._tasks.get("criterion")
         if metric_value is not None:
             lane.history.append(metric_value)
-        return IterationState(
+            if len(self._lanes) <= 1:
+                self.metric_values_per_iteration[iteration] = metric_value
+                self.iteration = iteration + 1
+        # What the user registered by hand, under what the tasks returned.
+        single = len(self._lanes) <= 1
+        state = {**self._state_registry, **lane.state} if single else dict(lane.state)
+        self._current_state = IterationState(
             iteration=iteration,
             metric_name=crit.metric_name if crit else None,
             metric_value=metric_value,
             metric_threshold=crit.threshold if crit else None,
             metric_history=list(lane.history),
             should_stop=should_stop,
-            current_config=self._config_snapshot(lane, iteration),
+            current_config=lane.config,
             learner_id=lane.learner_id,
-            state=dict(lane.state),
+            state=state,
+        )
+        return self._current_state
+
+    def build_iteration_state(
+        self,
+        iteration: int,
+        metric_value: float | None = None,
+        should_stop: bool = False,
+        current_config: LearnerConfig | None = None,
+    ) -> IterationState:
+        """An IterationState of a custom loop: the criterion, its values so far, the registry."""
+        crit = self._tasks.get("criterion")
+        return IterationState(
+            iteration=iteration,
+            metric_name=crit.metric_name if crit else None,
+            metric_value=metric_value,
+            metric_threshold=crit.threshold if crit else None,
+            metric_history=list(self.metric_values_per_iteration.values()),
+            should_stop=should_stop,
+            current_config=current_config,
+            state=self.get_all_state(),
         )
 
-    def _config_snapshot(self, lane: Lane, iteration: int) -> dict[str, Any]:
-        snap: dict[str, Any] = {}
-        for role in self._tasks:
-            cfg = lane.config.task_config(role, iteration) if lane.config else None
-            if cfg is not None:
-                snap[role] = {"args": to_plain(list(cfg.args)), "kwargs": to_plain(cfg.kwargs)}
-        return snap
+    def compare_metric(
+        self, metric_name: str, metric_value: float, threshold: float, operator: str = ""
+    ) -> bool:
+        """``metric_value`` against ``threshold`` with ``operator``, else the metric's own."""
+        op = metrics.resolve_operator(metric_name, operator)
+        return metrics.compare(metric_value, threshold, op)
+
+    def get_metric_results(self) -> dict[int, float]:
+        """Criterion values by iteration (``metric_values_per_iteration``)."""
+        return self.metric_values_per_iteration
+
+    def get_current_state(self) -> IterationState | None:
+        """The last IterationState this learner built, or None before the first."""
+        return self._current_state
+
+    def get_max_iterations(self) -> int | None:
+        """``max_iter`` of the run in progress or last run (0: until the criterion)."""
+        return self._max_iter
+
+    # ------------------------------------------------------------ state registry
+
+    def register_state(self, key: str, value: Any) -> None:
+        """Publish ``key`` (it shows in the next IterationState) and tell the callbacks."""
+        self._state_registry[key] = value
+        for callback in list(self._state_callbacks):
+            try:
+                callback(key, value)
+            except Exception:
+                n = self._callback_errors.get(id(callback), 0) + 1
+                self._callback_errors[id(callback)] = n
+                if n == 1:
+                    log.exception(
+                        "state callback %r raised for %r; the run continues (further "
+                        "failures of this callback are counted, and told at the end of the run)",
+                        callback,
+                        key,
+                    )
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        return self._state_registry.get(key, default)
+
+    def get_all_state(self) -> dict[str, Any]:
+        return dict(self._state_registry)
+
+    def clear_state(self) -> None:
+        self._state_registry.clear()
+
+    def on_state_update(self, callback: Callable[[str, Any], None]) -> None:
+        """Call ``callback(key, value)`` on every state update, task results included."""
+        self._state_callbacks.append(callback)
+
+    def remove_state_callback(self, callback: Callable[[str, Any], None]) -> None:
+        if callback in self._state_callbacks:
+            self._state_callbacks.remove(callback)
+
+    # ------------------------------------------------------------ schedules
+
+    def create_iteration_schedule(
+        self, task_name: str, schedule: dict[int, dict[str, Any]]
+    ) -> dict[int, TaskConfig]:
+        """``{iteration: {"args": ..., "kwargs": ...}}`` as a schedule of TaskConfigs."""
+        return {
+            i: TaskConfig(args=tuple(c.get("args", ())), kwargs=dict(c.get("kwargs", {})))
+            for i, c in schedule.items()
+        }
+
+    def create_adaptive_schedule(
+        self,
+        task_name: str,
+        param_schedule: Callable[[int], dict[str, Any]],
+        iterations: int = 100,
+    ) -> dict[int, TaskConfig]:
+        """``param_schedule(i)`` for the first ``iterations`` iterations, as a schedule."""
+        return self.create_iteration_schedule(
+            task_name, {i: param_schedule(i) for i in range(iterations)}
+        )
 
     # ------------------------------------------------------------ control
 
@@ -358,9 +514,16 @@ class Learner:
             if learner_id is None or lane.learner_id == learner_id:
                 lane.pending_config = config
 
-    async def shutdown(self) -> None:
+    def start(self, *args: Any, **kwargs: Any) -> Any:
+        """Each learner family defines its loop; the base Learner has none."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no loop of its own: use a learner family "
+            "(rose.al, rose.rl, rose.uq) or drive the decorated tasks yourself"
+        )
+
+    async def shutdown(self, *args: Any, **kwargs: Any) -> Any:
         """Shut the workflow engine down (existing ROSE scripts end with this)."""
-        await self.asyncflow.shutdown()
+        return await self.asyncflow.shutdown(*args, **kwargs)
 
     # ------------------------------------------------------------ tracking
 
@@ -452,8 +615,16 @@ class Learner:
                 if source is not None:
                     await _close(source)
             finally:
-                self._notify("on_stop", last, reason)
+                self._notify("on_stop", self._final_state(last), reason)
                 self._tracker_errors.summarize(self._trackers)
+                failed = sum(1 for n in self._callback_errors.values() if n > 1)
+                if failed:
+                    total = sum(self._callback_errors.values())
+                    log.warning("%d state callback(s) raised %d times in all", failed, total)
+
+    def _final_state(self, last: IterationState | None) -> IterationState | None:
+        """The state on_stop reports: the last one yielded (a family may pick another)."""
+        return last
 
     async def _iterate(
         self,
@@ -479,6 +650,8 @@ class Learner:
                 return
             lane.take_pending_config()
             lane.state.clear()
+            if len(self._lanes) <= 1:
+                self.clear_state()
             for result in results:
                 self.extract_state(lane, result)
 
@@ -511,6 +684,7 @@ class Learner:
         self, config: LearnerConfig | None, max_iter: int, skip_pre_loop: bool, skip_step: bool
     ) -> AsyncIterator[IterationState]:
         """One lane of the family's ``_lane`` loop through the lifecycle."""
+        self._max_iter = max_iter
         return self._run(
             [Lane(learner_id=None, config=config)],
             lambda ln: self._lane(ln, max_iter, skip_pre_loop, skip_step),  # type: ignore[attr-defined]
@@ -587,6 +761,7 @@ class ParallelLearner(Learner):
         skip_step: bool,
     ) -> AsyncIterator[IterationState]:
         count = parallel_learners or self._parallel_hint or 2
+        self._max_iter = max_iter
         configs = learner_configs or [None] * count
         lanes = [
             Lane(learner_id=i, config=configs[i] if i < len(configs) else None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import operator as _op
 from collections.abc import Callable
+from enum import Enum
 
 LESS_THAN_THRESHOLD = "<"
 GREATER_THAN_THRESHOLD = ">"
@@ -108,6 +109,8 @@ PREDICTIVE_VARIANCE = "predictive_variance"
 PREDICTIVE_STD = "predictive_std"
 PREDICTIVE_INTERVAL_WIDTH = "predictive_interval_width"
 NEGATIVE_LOG_LIKELIHOOD = "negative_log_likelihood"
+#: A UQ metric registered by the user (``rose.uq.register_uq``); lower is more certain.
+CUSTOM_UQ = "custom_uq"
 
 #: The UQ metric names, a subset of OPERATORS.
 UQ_METRICS: tuple[str, ...] = (
@@ -131,6 +134,7 @@ OPERATORS.update(
         PREDICTIVE_STD: "<",
         PREDICTIVE_INTERVAL_WIDTH: "<",
         NEGATIVE_LOG_LIKELIHOOD: "<",
+        CUSTOM_UQ: "<",
     }
 )
 
@@ -141,6 +145,30 @@ def is_supported_metric(metric_name: str) -> bool:
 
 def get_operator(metric_name: str) -> str | None:
     return OPERATORS.get(metric_name)
+
+
+class _MetricNames(Enum):
+    """Lookups shared by the metric-name enum below."""
+
+    @classmethod
+    def is_supported_metric(cls, metric: str | Enum) -> bool:
+        return is_supported_metric(metric.value if isinstance(metric, Enum) else metric)
+
+    @classmethod
+    def get_operator(cls, metric: str | Enum) -> str | None:
+        return get_operator(metric.value if isinstance(metric, Enum) else metric)
+
+
+#: Every metric name and operator above as one enum (ROSE 0.3's ``LearningMetrics``),
+#: with ``is_supported_metric`` and ``get_operator``.
+LearningMetrics = _MetricNames(
+    "LearningMetrics",
+    {
+        **{k: v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str)},
+        "OPERATORS": OPERATORS,  # ROSE 0.3 reads LearningMetrics.OPERATORS.value
+    },
+    module=__name__,
+)
 
 
 def resolve_operator(metric_name: str, operator: str = "") -> str:

@@ -15,7 +15,10 @@ import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rose.config import LearnerConfig
 
 STOP_REASONS = ("criterion_met", "max_iter_reached", "stopped", "error")
 
@@ -62,7 +65,9 @@ class IterationState:
     """What one iteration produced.
 
     ``state`` holds every key of every dict a task returned this iteration;
-    its keys also read as attributes (``state.train_loss``).
+    its keys also read as attributes (``state.train_loss``), and a key no task
+    returned reads as None, so ``if state.loss and state.loss < 0.1:`` needs no
+    guard.  ``current_config`` is the LearnerConfig in effect (None if none).
     """
 
     iteration: int
@@ -71,37 +76,37 @@ class IterationState:
     metric_threshold: float | None = None
     metric_history: list[float] = field(default_factory=list)
     should_stop: bool = False
-    current_config: dict[str, Any] = field(default_factory=dict)
+    current_config: LearnerConfig | None = None
     learner_id: int | str | None = None
     state: dict[str, Any] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names that are not fields: look them up in state.
-        if name.startswith("__"):
+        # Private names stay attribute errors, so copy, pickle and hasattr()
+        # probes of protocols (``_repr_html_``, ``__array__``) behave.
+        state = self.__dict__.get("state", {})
+        if name in state:
+            return state[name]
+        if name.startswith("_"):
             raise AttributeError(name)
-        try:
-            return self.__dict__["state"][name]
-        except KeyError:
-            raise AttributeError(
-                f"IterationState has no field or state key {name!r}; "
-                f"state keys: {sorted(self.__dict__.get('state', {}))}"
-            ) from None
+        return None
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.state.get(key, default)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The fields, then every state key at the top level (a state key wins a clash)."""
+        out: dict[str, Any] = {
             "iteration": self.iteration,
-            "learner_id": self.learner_id,
             "metric_name": self.metric_name,
             "metric_value": self.metric_value,
             "metric_threshold": self.metric_threshold,
             "metric_history": list(self.metric_history),
             "should_stop": self.should_stop,
-            "current_config": self.current_config,
-            "state": dict(self.state),
+            "learner_id": self.learner_id,
         }
+        out.update(self.state)
+        return out
 
 
 @dataclass(frozen=True)

@@ -102,11 +102,11 @@ async def test_max_iter_reached_without_wasted_steps(engine, recorder):
 async def test_start_signature_skip_flags_and_config(engine):
     learner = build(engine, criterion=False)
     config = LearnerConfig(
-        environment={0: TaskConfig(kwargs={"epsilon": 0.5}), 2: TaskConfig(kwargs={"epsilon": 0.1})}
+        environment={-1: TaskConfig(kwargs={"epsilon": 0.5}), 2: TaskConfig(kwargs={"epsilon": 0.1})}
     )
     states = [s async for s in learner.start(3, False, False, config)]
     assert [s.epsilon for s in states] == [0.5, 0.5, 0.1]
-    assert states[2].current_config == {"environment": {"args": [], "kwargs": {"epsilon": 0.1}}}
+    assert states[2].current_config is config
 
     # no pre-loop: iteration 0 tests an untouched policy, so it has no step output yet
     learner = build(engine)
@@ -348,7 +348,7 @@ async def test_parallel_experience_merges_banks_into_one_update(engine, recorder
     assert states[0].experience_size == 8
     assert states[0].experience_sizes == {"explorer": 3, "exploiter": 5}
     assert states[0].n_transitions == 8 and states[0].mean_reward == 2.0
-    assert states[0].current_config == {"environment": {"args": [], "kwargs": {"scale": 2.0}}}
+    assert states[0].current_config is config
     # banks are data for the update, never state
     assert not any(isinstance(v, ExperienceBank) for v in states[0].state.values())
     manifest = recorder.calls[0][2]

@@ -155,7 +155,7 @@ async def test_skip_pre_loop_and_learning_config(engine):
     learner = build(engine, criterion=False)
     config = UQLearnerConfig(
         prediction=TaskConfig(kwargs={"--prediction_dir": "p", MODEL_NAME_KWARG: "ignored"}),
-        uncertainty={0: TaskConfig(kwargs={"--query_size": 4})},
+        uncertainty={-1: TaskConfig(kwargs={"--query_size": 4})},
     )
     states = [
         s
@@ -175,7 +175,7 @@ async def test_skip_pre_loop_and_learning_config(engine):
     assert [kw for _, kw in got] == [
         {"--prediction_dir": "p", MODEL_NAME_KWARG: "m", PREDICTION_INDEX_KWARG: k} for k in (0, 1)
     ]
-    assert states[1].current_config["uncertainty"] == {"args": [], "kwargs": {"--query_size": 4}}
+    assert states[1].current_config.get_task_config("uncertainty", 1).kwargs == {"--query_size": 4}
 
 
 async def test_default_model_name_and_bare_string(engine):

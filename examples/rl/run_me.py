@@ -61,11 +61,12 @@ async def main(max_iter: int, actors: int, out: Path, threshold: float) -> None:
     tracker = FileTracker(out)
     learner.add_tracker(tracker)
 
-    # Explore a lot at first, less later (a per-iteration TaskConfig schedule).
+    # Explore a lot at first, less later (a per-iteration TaskConfig schedule: an
+    # iteration's own entry, else the one under -1).
     config = LearnerConfig(
         environment={
-            0: TaskConfig(kwargs={"episodes": 3, "epsilon": 0.6}),
-            3: TaskConfig(kwargs={"episodes": 3, "epsilon": 0.3}),
+            **{i: TaskConfig(kwargs={"episodes": 3, "epsilon": 0.6}) for i in range(3)},
+            -1: TaskConfig(kwargs={"episodes": 3, "epsilon": 0.3}),
         }
     )
 

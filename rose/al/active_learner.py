@@ -95,10 +95,26 @@ class ParallelActiveLearner(ParallelLearner, ActiveLearner):
         parallel_learners: int | None = None,
         max_iter: int = 0,
         skip_pre_loop: bool = False,
-        learner_configs: list[LearnerConfig | None] | None = None,
         skip_simulation_step: bool = False,
+        learner_configs: list[LearnerConfig | None] | None = None,
     ) -> AsyncIterator[IterationState]:
         """Run ``parallel_learners`` loops (default: the constructor's count, else 2)."""
         return self._start_parallel(
             parallel_learners, max_iter, skip_pre_loop, learner_configs, skip_simulation_step
         )
+
+    async def teach(
+        self,
+        parallel_learners: int = 2,
+        max_iter: int = 0,
+        skip_pre_loop: bool = False,
+        skip_simulation_step: bool = False,
+        learner_configs: list[LearnerConfig | None] | None = None,
+    ) -> list[IterationState | None]:
+        """Deprecated: run to the end and return each learner's final state."""
+        finals = await self._drain(
+            self.start(
+                parallel_learners, max_iter, skip_pre_loop, skip_simulation_step, learner_configs
+            )
+        )
+        return [finals.get(i) for i in range(parallel_learners)]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from rose import metrics
@@ -46,11 +46,9 @@ PREDICTION_INDEX_KWARG = "--iteration"
 DEFAULT_MODEL_NAMES: tuple[str, ...] = ("model",)
 
 
-@dataclass
 class UQLearnerConfig(LearnerConfig):
-    """LearnerConfig with the UQ learners' two extra tasks."""
+    """LearnerConfig with the UQ learners' extra task (``prediction`` is in the base)."""
 
-    prediction: Schedule = None
     uncertainty: Schedule = None
 
 
@@ -140,7 +138,7 @@ class UQLearner(Learner):
     ) -> Any:
         config = lane.config.task_config(role, iteration) if lane.config else None
         config = config or TaskConfig()
-        config = replace(config, kwargs={**config.kwargs, **extra})
+        config = config.model_copy(update={"kwargs": {**config.kwargs, **extra}})
         return self._submit(self._tasks[role], config, *deps)
 
     async def _ensemble(

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rose import LearnerConfig, TaskConfig
-from rose.al import ParallelActiveLearner, SequentialActiveLearner
+from rose.al import AlgorithmSelector, ParallelActiveLearner, SequentialActiveLearner
 from rose.metrics import MEAN_SQUARED_ERROR_MSE
 
 
@@ -57,11 +57,40 @@ def build_learner(engine: Any, parallel: bool = False, fail_at: int | None = Non
     return learner
 
 
+def build_selector(engine: Any, **kw: Any) -> AlgorithmSelector:
+    """Two active-learn algorithms on one pipeline; "greedy" meets the criterion first."""
+    sel = AlgorithmSelector(engine, **kw)
+
+    @sel.simulation_task(as_executable=False, log_params={"pool": 1500})
+    async def simulation(*args, **kwargs):
+        return {"n_labeled": 10, "label_source": "branin"}
+
+    @sel.training_task(as_executable=False, log_params={"kernel": "rbf"})
+    async def training(*args, **kwargs):
+        return {"train_mse": 0.5, "converged": False}
+
+    for name, step in (("greedy", 0.2), ("random", 0.1)):
+
+        @sel.active_learn_task(name=name, as_executable=False, log_params={"step": step})
+        async def pick(*args, _name=name, _step=step, **kwargs):
+            return {"algo": _name, "step": _step}
+
+    seen: dict[str, int] = {}
+
+    @sel.as_stop_criterion(MEAN_SQUARED_ERROR_MSE, threshold=0.011, as_executable=False)
+    async def check_mse(picked, *args, **kwargs):
+        n = seen[picked["algo"]] = seen.get(picked["algo"], 0) + 1
+        return max(0.0, 0.5 - picked["step"] * n)
+
+    return sel
+
+
 def schedule() -> LearnerConfig:
     return LearnerConfig(
         training={
             0: TaskConfig(kwargs={"lr": 0.1, "optimizer": "adam"}),
-            2: TaskConfig(kwargs={"lr": 0.01, "optimizer": "sgd"}),
+            1: TaskConfig(kwargs={"lr": 0.1, "optimizer": "adam"}),
+            -1: TaskConfig(kwargs={"lr": 0.01, "optimizer": "sgd"}),  # every later iteration
         }
     )
 

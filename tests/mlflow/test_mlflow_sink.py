@@ -27,7 +27,13 @@ from sinks.mlflow_sink import MLflowSink  # noqa: E402
 from sinks.runtime import SinkRuntime  # noqa: E402
 from sinks.sources import ListSource  # noqa: E402
 from sinks.state import read_status  # noqa: E402
-from tests.mlflow.helpers import build_learner, mlflow_content, run_learner, sqlite_uri  # noqa: E402
+from tests.mlflow.helpers import (  # noqa: E402
+    build_learner,
+    build_selector,
+    mlflow_content,
+    run_learner,
+    sqlite_uri,
+)
 from tests.sinks.helpers import run_events, wait_until  # noqa: E402
 
 BOUND_S = 90.0
@@ -102,25 +108,34 @@ async def test_contract_in_process_equals_bus_equals_replay(tmp_path, engine, br
     logs = tmp_path / "logs"
     logs.mkdir()
 
-    async def one(parallel: bool, name: str) -> str:
-        learner = build_learner(engine, parallel=parallel, run_name=name)
+    async def one(kind: str, name: str) -> str:
+        if kind == "select":
+            learner = build_selector(engine, run_name=name)
+        else:
+            learner = build_learner(engine, parallel=kind == "par", run_name=name)
         bus_tracker = BusTracker(bus=broker.bus_file)
         learner.add_tracker(FileTracker(logs))
         learner.add_tracker(MLflowTracker(EXP, tracking_uri=inproc_uri))
         learner.add_tracker(bus_tracker)
         try:
-            await run_learner(learner, parallel=parallel, max_iter=4)
+            if kind == "select":
+                assert (await learner.start(max_iter=4))["best_algorithm"] == "greedy"
+            else:
+                await run_learner(learner, parallel=kind == "par", max_iter=4)
         finally:
             bus_tracker.close()
         assert bus_tracker.dropped == 0
         return learner.run_id
 
-    # Two learners at once, a sequential and a parallel one: two concurrent MLflow runs.
-    runs = await asyncio.gather(one(False, "seq"), one(True, "par"))
+    # Three learners at once (sequential, parallel, algorithm selection): concurrent MLflow runs.
+    runs = await asyncio.gather(one("seq", "seq"), one("par", "par"), one("select", "select"))
     expected = mlflow_content(inproc_uri, EXP)
     assert set(expected) == set(runs)
     par = expected[runs[1]]["metrics"]
     assert {"0/train_mse", "1/train_mse"} <= set(par) and "train_mse" not in par
+    sel = expected[runs[2]]
+    assert {"greedy/train_mse", "random/train_mse"} <= set(sel["metrics"])
+    assert sel["params"]["learner_type"] == "AlgorithmSelector"
 
     want = {run: expected[run]["tags"]["rose.next_seq"] for run in runs}
     wait_until(lambda: positions(bus_uri, EXP) == want, timeout=BOUND_S, what="bus sink")

@@ -20,7 +20,7 @@ from radical.asyncflow import WorkflowEngine
 from rhapsody.backends import ConcurrentExecutionBackend
 
 from bus import BusTracker
-from rose.al import SequentialActiveLearner
+from rose.al import AlgorithmSelector, SequentialActiveLearner
 from rose.cli import main as rose_main
 from rose.eventlog import read_events
 from rose.events import to_json_line
@@ -110,6 +110,71 @@ async def test_contract_in_process_equals_bus_equals_replay(tmp_path, broker, si
     assert again.terminate() == 0
     assert via_bus.read_bytes() == expected
     assert "Traceback" not in sink.output() + again.output()
+
+
+async def run_selector(tmp_path: Path, trackers: list) -> str:
+    """A small real AlgorithmSelector run: two algorithms, each its own learner_id series."""
+    backend = await ConcurrentExecutionBackend(ThreadPoolExecutor(max_workers=2))
+    engine = await WorkflowEngine.create(backend, work_dir=str(tmp_path))
+    try:
+        sel = AlgorithmSelector(engine, run_name="select")
+        mse = {"greedy": iter([0.4, 0.2, 0.05]), "random": iter([0.5, 0.3, 0.2, 0.1])}
+
+        @sel.simulation_task(as_executable=False, log_params={"n": 8})
+        async def simulation(*a, **k):
+            return {"x": np.arange(3.0)}
+
+        @sel.training_task(as_executable=False)
+        async def training(*a, **k):
+            return {"train_loss": np.float32(0.25)}
+
+        for name in mse:
+
+            @sel.active_learn_task(name=name, as_executable=False, log_params={"algo": name})
+            async def pick(*a, _name=name, **k):
+                return {"algo": _name}
+
+        @sel.as_stop_criterion(MEAN_SQUARED_ERROR_MSE, threshold=0.1, as_executable=False)
+        async def check(picked, *a, **k):
+            return next(mse[picked["algo"]])
+
+        for t in trackers:
+            sel.add_tracker(t)
+        result = await sel.start(max_iter=4)
+        assert result["best_algorithm"] == "greedy"
+        return sel.run_id
+    finally:
+        await engine.shutdown()
+
+
+async def test_contract_algorithm_selector(tmp_path, broker, sink_process):
+    """The in-process == bus == replay contract holds for an AlgorithmSelector run."""
+    sink = sink_process(
+        "file", "--bus", str(broker.bus_file), "--out", str(tmp_path / "bus-out"), name="file"
+    )
+    inproc = tmp_path / "inproc"
+    inproc.mkdir()
+    bus_tracker = BusTracker(bus=broker.bus_file)
+    try:
+        run = await run_selector(tmp_path, [FileTracker(inproc), bus_tracker])
+    finally:
+        bus_tracker.close()
+    assert bus_tracker.dropped == 0
+    expected = (inproc / f"{run}.jsonl").read_bytes()
+    events = [json.loads(line) for line in expected.splitlines()]
+    assert [e["kind"] for e in events] == ["start"] + ["iteration"] * 7 + ["stop"]
+    assert events[0]["body"]["learner_type"] == "AlgorithmSelector"
+    assert {"active_learn.greedy", "active_learn.random"} <= set(events[0]["body"]["tasks"])
+    ids = [e["body"]["learner_id"] for e in events if e["kind"] == "iteration"]
+    assert sorted(ids) == ["greedy"] * 3 + ["random"] * 4
+    assert events[-1]["body"]["final_state"]["learner_id"] == "greedy"
+    via_bus = tmp_path / "bus-out" / f"{run}.jsonl"
+    wait_lines(via_bus, len(events))
+    assert sink.terminate() == 0
+    assert via_bus.read_bytes() == expected
+    assert rose_main(["replay", str(via_bus), "--into", "file", "--out", str(tmp_path / "r1")]) == 0
+    assert (tmp_path / "r1" / f"{run}.jsonl").read_bytes() == expected
+    assert "Traceback" not in sink.output()
 
 
 def publish(bus_file: Path, events: list[dict], *, pace_every: int = 0) -> BusTracker:
