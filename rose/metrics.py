@@ -108,6 +108,9 @@ PREDICTIVE_VARIANCE = "predictive_variance"
 PREDICTIVE_STD = "predictive_std"
 PREDICTIVE_INTERVAL_WIDTH = "predictive_interval_width"
 NEGATIVE_LOG_LIKELIHOOD = "negative_log_likelihood"
+#: The conventional name of a user's own UQ metric (``@register_uq(CUSTOM_UQ)``); lower is
+#: more confident, like the built-in ones.
+CUSTOM_UQ = "custom_uq"
 
 #: The UQ metric names, a subset of OPERATORS.
 UQ_METRICS: tuple[str, ...] = (
@@ -131,6 +134,7 @@ OPERATORS.update(
         PREDICTIVE_STD: "<",
         PREDICTIVE_INTERVAL_WIDTH: "<",
         NEGATIVE_LOG_LIKELIHOOD: "<",
+        CUSTOM_UQ: "<",
     }
 )
 
