@@ -269,11 +269,13 @@ def test_uncertainty_decorator_validation(engine):
 
 async def test_teach_is_a_deprecated_wrapper(engine):
     with pytest.warns(DeprecationWarning):
-        final = await build(engine).teach(["a"], 1, 2)
-    assert final.iteration == 1
+        results = await build(engine).teach(["a"], 1, 2)
+    # one summary per iteration, as ROSE 0.3's teach() returned
+    assert results == [{"iterations": i, "uq": 1.0, "criterion": [0.5]} for i in (0, 1)]
     with pytest.warns(DeprecationWarning):
-        finals = await build(engine, ParallelUQLearner).teach(["A", "B"], max_iter=2)
-    assert {k: v.iteration for k, v in finals.items()} == {"A": 1, "B": 1}
+        finals = await build(engine, ParallelUQLearner).teach(["B", "A"], max_iter=2)
+    # a list in learner_names order
+    assert [(s.learner_id, s.iteration) for s in finals] == [("B", 1), ("A", 1)]
 
 
 # ---------------------------------------------------------------- parallel

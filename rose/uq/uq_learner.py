@@ -29,11 +29,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from rose import metrics
-from rose.learner import Lane, Learner, LearnerConfig, Schedule, TaskConfig, task_decorator
+from rose.learner import Lane, Learner, LearnerConfig, TaskConfig, task_decorator
 from rose.tracking import IterationState
 
 log = logging.getLogger(__name__)
@@ -46,12 +48,43 @@ PREDICTION_INDEX_KWARG = "--iteration"
 DEFAULT_MODEL_NAMES: tuple[str, ...] = ("model",)
 
 
-@dataclass
-class UQLearnerConfig(LearnerConfig):
-    """LearnerConfig with the UQ learners' two extra tasks."""
+#: A task's configuration in a UQLearnerConfig: one TaskConfig, or a schedule by iteration.
+UQSchedule = TaskConfig | dict[int | str, TaskConfig] | None
 
-    prediction: Schedule = None
-    uncertainty: Schedule = None
+if isinstance(LearnerConfig, type) and issubclass(LearnerConfig, BaseModel):
+
+    class UQLearnerConfig(LearnerConfig):  # type: ignore[misc, valid-type]
+        """LearnerConfig with the UQ learners' extra tasks (``prediction``, ``uncertainty``)."""
+
+        if "prediction" not in LearnerConfig.model_fields:
+            prediction: UQSchedule = None
+        uncertainty: UQSchedule = None
+
+else:  # LearnerConfig is still a dataclass: the same fields and lookup, as a pydantic model
+
+    class UQLearnerConfig(BaseModel):  # type: ignore[no-redef]
+        """LearnerConfig with the UQ learners' extra tasks (``prediction``, ``uncertainty``).
+
+        A pydantic model: keyword-only, ``model_dump()`` / ``model_validate()``.
+        """
+
+        model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+        simulation: UQSchedule = None
+        training: UQSchedule = None
+        prediction: UQSchedule = None
+        active_learn: UQSchedule = None
+        environment: UQSchedule = None
+        update: UQSchedule = None
+        criterion: UQSchedule = None
+        uncertainty: UQSchedule = None
+
+        # one lookup rule for every learner config
+        task_config = LearnerConfig.task_config
+        if hasattr(LearnerConfig, "get_task_config"):
+            get_task_config = LearnerConfig.get_task_config
+        else:
+            get_task_config = LearnerConfig.task_config
 
 
 @dataclass
@@ -74,9 +107,33 @@ class UQLearner(Learner):
         "training", "Register the task that trains one model (its name in kwargs['--model_name'])."
     )
     prediction_task = task_decorator(
-        "prediction", "Register the task that predicts with one trained model (see module docstring)."
+        "prediction",
+        "Register the task that predicts with one trained model (see module docstring).",
     )
     active_learn_task = task_decorator("active_learn")
+    uncertainty_task = task_decorator(
+        "uncertainty",
+        "Register an uncertainty task without a threshold: its result goes to active "
+        "learning and, when it is a number, into the uncertainty results; it never stops "
+        "the run (``uncertainty_quantification`` registers one that can).",
+    )
+
+    def __init__(self, asyncflow: Any, *, run_name: str | None = None) -> None:
+        super().__init__(asyncflow, run_name=run_name)
+        #: Name of a sequential learner; a parallel learner's states carry theirs as learner_id.
+        self.learner_name: str = "UQLearner"
+        #: One dict per iteration: ``iterations``, ``uq`` and ``criterion`` (what teach() returns).
+        self.learner_results: list[dict[str, Any]] = []
+        self._uq_values: dict[Any, dict[int, float]] = {}
+
+    @property
+    def uncertainty_values_per_iteration(self) -> dict[Any, Any]:
+        """Uncertainty score by iteration; a parallel learner's by ``"learner-<name>"``."""
+        return dict(self._uq_values.get(None, {}))
+
+    def get_uncertainty_results(self) -> dict[Any, Any]:
+        """The uncertainty scores of the last run (see ``uncertainty_values_per_iteration``)."""
+        return self.uncertainty_values_per_iteration
 
     def uncertainty_quantification(
         self,
@@ -122,6 +179,13 @@ class UQLearner(Learner):
     def _check_tasks(self, max_iter: int, model_names: list[str], num_predictions: int) -> None:
         self._require("simulation", "training", "prediction", "active_learn")
         self._check_max_iter(max_iter)
+        uq = self._tasks.get("uncertainty")
+        if max_iter == 0 and "criterion" not in self._tasks and uq is not None and not uq.operator:
+            raise ValueError(
+                "max_iter=0 means 'until a threshold is met', but the uncertainty task has no "
+                "threshold: pass max_iter=N, or register it with "
+                "@learner.uncertainty_quantification(uq_metric_name, query_size, threshold)"
+            )
         if not model_names:
             raise ValueError("model_names must name at least one model")
         if len(set(model_names)) != len(model_names):
@@ -140,7 +204,7 @@ class UQLearner(Learner):
     ) -> Any:
         config = lane.config.task_config(role, iteration) if lane.config else None
         config = config or TaskConfig()
-        config = replace(config, kwargs={**config.kwargs, **extra})
+        config = TaskConfig(args=tuple(config.args), kwargs={**config.kwargs, **extra})
         return self._submit(self._tasks[role], config, *deps)
 
     async def _ensemble(
@@ -181,6 +245,35 @@ class UQLearner(Learner):
             self.extract_state(per_model, result)
             lane.state.update({f"{model}/{k}": v for k, v in per_model.state.items()})
 
+    def _reset_results(self) -> None:
+        self.learner_results = []
+        self._uq_values = {}
+
+    def _check_uncertainty(self, lane: Lane, result: Any) -> tuple[bool, float | None]:
+        """(threshold met, score) of an uncertainty result; a task without a threshold never
+        stops the run, and its score is None unless it produced a number."""
+        if self._tasks["uncertainty"].operator:
+            return self.check_criterion(lane, result, role="uncertainty")
+        if isinstance(result, dict):
+            self.extract_state(lane, result)
+            return False, None
+        try:
+            value = float(str(result).strip().splitlines()[-1]) if result is not None else None
+        except (ValueError, IndexError):
+            value = None
+        return False, value
+
+    def _record_result(self, state: IterationState) -> IterationState:
+        """Keep the per-iteration summary ROSE 0.3's teach() returned (sequential runs)."""
+        if state.learner_id is None:
+            entry: dict[str, Any] = {"iterations": state.iteration}
+            if state.state.get("uq_value") is not None:
+                entry["uq"] = state.state["uq_value"]
+            if state.state.get("criterion_values") is not None:
+                entry["criterion"] = list(state.state["criterion_values"].values())
+            self.learner_results.append(entry)
+        return state
+
     async def _lane(
         self,
         lane: Lane,
@@ -209,13 +302,15 @@ class UQLearner(Learner):
                 uq_result = await self.submit("uncertainty", lane, i, *predictions)
                 if self._stop_requested:
                     return
-                uq_met, uq_value = self.check_criterion(lane, uq_result, role="uncertainty")
-                lane.state["uq_value"] = uq_value
+                uq_met, uq_value = self._check_uncertainty(lane, uq_result)
+                if uq_value is not None:
+                    lane.state["uq_value"] = uq_value
+                    self._uq_values.setdefault(lane.learner_id, {})[i] = uq_value
                 if uq_met:
                     log.info(
                         "learner %s: uncertainty %.6g met its threshold", lane.learner_id, uq_value
                     )
-                    yield self.build_state(lane, i, None, True)
+                    yield self._record_result(self.build_state(lane, i, None, True))
                     lane.end_reason = "criterion_met"
                     return
                 acl_inputs = [uq_result]
@@ -242,7 +337,7 @@ class UQLearner(Learner):
                 metric_value = sum(values.values()) / len(values)
                 should_stop = not models
 
-            yield self.build_state(lane, i, metric_value, should_stop)
+            yield self._record_result(self.build_state(lane, i, metric_value, should_stop))
             if should_stop:
                 lane.end_reason = "criterion_met"
                 return
