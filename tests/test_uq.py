@@ -107,8 +107,8 @@ async def test_ensemble_data_flow_and_state(engine, recorder):
     first = [(k[MODEL_NAME_KWARG], k[PREDICTION_INDEX_KWARG]) for _, k in calls["predict"][:6]]
     assert sorted(first) == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)]
     assert calls["predict"][0][0][0]["train_mse"] == 0.5  # prediction got its training result
-    # the uncertainty task got every prediction, model order then prediction index
-    assert calls["uq"][0][0] == (("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2))
+    # the uncertainty task got the predictions as one list per model, in model order
+    assert calls["uq"][0][0] == ([[("a", 0), ("a", 1), ("a", 2)], [("b", 0), ("b", 1), ("b", 2)]],)
     # active learning got the uncertainty result
     assert calls["acl"][0][0] == ({PREDICTIVE_VARIANCE: 1.0, "query": [0, 1, 2, 3]},)
     # the criterion ran once per model; the metric is their mean
@@ -147,7 +147,7 @@ async def test_criterion_per_model_and_models_that_met_it_stop_training(engine, 
     trained = [k[MODEL_NAME_KWARG] for _, k in learner.calls["train"]]
     assert sorted(trained[:2]) == ["a", "b"] and trained[2:] == ["b", "b"]
     # without an uncertainty task, active learning gets the predictions
-    assert learner.calls["acl"][0][0] == (("a", 0), ("b", 0))  # in model order
+    assert learner.calls["acl"][0][0] == ([[("a", 0)], [("b", 0)]],)  # in model order
     assert recorder.stop_reason == "criterion_met"
 
 

@@ -20,7 +20,7 @@ PROBS = [[[1.0, 0.0], [0.99, 0.01]], [[0.0, 1.0], [0.97, 0.03]]]
 def pipeline(engine, cls=SeqUQLearner, uq_values=None, uncertainty="threshold"):
     """A UQ pipeline whose uncertainty task scores real predictions with a UQScorer."""
     learner = cls(engine)
-    seen: dict = {"acl": [], "uq_kwargs": []}
+    seen: dict = {"acl": [], "uq_kwargs": [], "uq_args": [], "crit_args": []}
     values = iter(uq_values) if uq_values is not None else None
 
     @learner.simulation_task(as_executable=False)
@@ -35,13 +35,18 @@ def pipeline(engine, cls=SeqUQLearner, uq_values=None, uncertainty="threshold"):
     async def prediction(*args, **kwargs):
         return PROBS[kwargs["--iteration"]]
 
-    async def check_uq(*predictions, **kwargs):
+    async def check_uq(*args, **kwargs):
         seen["uq_kwargs"].append(kwargs)
+        seen["uq_args"].append(args)
         value = next(values, None) if values is not None else None
         if value is not None:  # the given values first, then real scores
             return value
+        if not args:
+            return 1.0
+        (by_model,) = args  # one list per model of that model's predictions
+        predictions = [p for per_model in by_model for p in per_model]
         scorer = UQScorer(task_type="classification")
-        _, scores = scorer.select_top_uncertain(list(predictions), k=1, metric=PREDICTIVE_ENTROPY)
+        _, scores = scorer.select_top_uncertain(predictions, k=1, metric=PREDICTIVE_ENTROPY)
         return float(scores.mean())
 
     if uncertainty == "threshold":
@@ -58,6 +63,7 @@ def pipeline(engine, cls=SeqUQLearner, uq_values=None, uncertainty="threshold"):
 
     @learner.as_stop_criterion(MEAN_SQUARED_ERROR_MSE, threshold=0.0, as_executable=False)
     async def check_mse(*args, **kwargs):
+        seen["crit_args"].append(args)
         return 0.5
 
     learner.seen = seen
@@ -113,8 +119,9 @@ async def test_custom_metric_with_the_scorer_first_inside_a_run(engine):
     @learner.uncertainty_quantification(
         uq_metric_name=CUSTOM_UQ, query_size=1, threshold=0.3, as_executable=False
     )
-    async def check_uq(*predictions, **kwargs):
-        _, s = UQScorer("classification").select_top_uncertain(list(predictions), 2, CUSTOM_UQ)
+    async def check_uq(by_model, **kwargs):
+        predictions = [p for per_model in by_model for p in per_model]
+        _, s = UQScorer("classification").select_top_uncertain(predictions, 2, CUSTOM_UQ)
         return float(s.mean())
 
     try:
@@ -124,6 +131,22 @@ async def test_custom_metric_with_the_scorer_first_inside_a_run(engine):
     # instance 0 averages to (.5, .5), instance 1 to (.98, .02): mean of 1-max = 0.26 < 0.3
     assert len(states) == 1 and states[0].should_stop
     assert states[0].uq_value == pytest.approx(0.26)
+
+
+async def test_what_each_task_receives(engine):
+    learner = pipeline(engine, uncertainty="plain")
+    async for _ in learner.start(model_names=["m1", "m2"], num_predictions=2, max_iter=2):
+        pass
+    # the uncertainty task: one argument, a list per model (model order) of its predictions
+    assert learner.seen["uq_args"][0] == ([PROBS, PROBS],)
+    # active learning: the uncertainty result; the criterion: active learning's result
+    assert learner.seen["acl"][0] == (math.log(2),)
+    assert learner.seen["crit_args"][0] == ({"queried": 1},)
+
+    learner = pipeline(engine, uncertainty="plain")
+    async for _ in learner.start(model_names=["m"], max_iter=1, skip_pre_loop=True):
+        pass
+    assert learner.seen["uq_args"] == [()]  # nothing ran before it
 
 
 def test_uq_learner_config_is_a_keyword_only_pydantic_model():

@@ -12,11 +12,13 @@ How tasks tell the models apart (the keys older ROSE scripts read):
 - prediction also gets ``kwargs["--iteration"]`` (:data:`PREDICTION_INDEX_KWARG`),
   the index 0…num_predictions-1 of that prediction for its model.
 
-These win over a TaskConfig's kwargs of the same name.  Data flow:
-training receives the simulation's result, each prediction its model's
-training result, the uncertainty task every prediction result (model order,
-then prediction index), and active learning the uncertainty result (or the
-predictions when no uncertainty task is registered).
+These win over a TaskConfig's kwargs of the same name.  Data flow (each
+task gets one positional argument, after its TaskConfig's args): training
+the simulation's result, each prediction its model's training result, the
+uncertainty task the predictions as a list per model (model order) of lists
+(prediction index order), active learning the uncertainty result (or those
+predictions when no uncertainty task is registered), and the criterion the
+active learning result.
 
 Stopping: the run ends with ``criterion_met`` when the uncertainty score
 reaches its threshold (checked before active learning), or when every model
@@ -93,7 +95,7 @@ class _Ensemble:
 
     simulation: Any
     training: dict[str, Any]
-    predictions: list[Any]
+    predictions: list[list[Any]]  # per model, in model order
 
 
 class UQLearner(Learner):
@@ -234,7 +236,7 @@ class UQLearner(Learner):
         return _Ensemble(
             simulation=sim,
             training={m: t for m, (t, _) in zip(models, per_model, strict=True)},
-            predictions=[p for _, preds in per_model for p in preds],
+            predictions=[preds for _, preds in per_model],
         )
 
     def _record(self, lane: Lane, stage: _Ensemble) -> None:
@@ -292,14 +294,15 @@ class UQLearner(Learner):
                 return
             lane.take_pending_config()
             lane.state.clear()
-            predictions: list[Any] = []
+            predictions: list[list[Any]] = []
             if stage is not None:
                 self._record(lane, stage)
                 predictions = stage.predictions
 
-            acl_inputs: list[Any] = predictions
+            # no positional argument when there is nothing before (skip_pre_loop)
+            acl_inputs: tuple = (predictions,) if stage is not None else ()
             if self.has_task("uncertainty"):
-                uq_result = await self.submit("uncertainty", lane, i, *predictions)
+                uq_result = await self.submit("uncertainty", lane, i, *acl_inputs)
                 if self._stop_requested:
                     return
                 uq_met, uq_value = self._check_uncertainty(lane, uq_result)
@@ -313,7 +316,7 @@ class UQLearner(Learner):
                     yield self._record_result(self.build_state(lane, i, None, True))
                     lane.end_reason = "criterion_met"
                     return
-                acl_inputs = [uq_result]
+                acl_inputs = (uq_result,)
 
             acl_result = await self.submit("active_learn", lane, i, *acl_inputs)
             if self._stop_requested:
@@ -323,7 +326,8 @@ class UQLearner(Learner):
             metric_value, should_stop = None, False
             if self.has_task("criterion"):
                 checks = [
-                    self._submit_for("criterion", lane, i, {MODEL_NAME_KWARG: m}) for m in models
+                    self._submit_for("criterion", lane, i, {MODEL_NAME_KWARG: m}, acl_result)
+                    for m in models
                 ]
                 results = await asyncio.gather(*checks)
                 if self._stop_requested:
