@@ -170,7 +170,7 @@ def build_file_pe(engine, work_dir, sizes=(3, 4)):
         learner.environment_task(name=name, as_executable=False)(make())
 
     @learner.update_task(as_executable=False)
-    async def update(*args, **kwargs):
+    async def update(**kwargs):  # no argument: it reads the merged file, as in ROSE 0.3
         seen["update_sizes"].append(len(ExperienceBank.load(work_dir / "experience_bank.pkl")))
         return {"trained": True}
 
@@ -213,3 +213,19 @@ async def test_parallel_experience_unreadable_result_without_files_is_an_error(e
     with pytest.raises(TypeError, match="experience_bank_"):
         async for _ in learner.start(max_iter=1):
             pass
+
+
+async def test_parallel_experience_dict_results_are_columns_not_state(engine):
+    learner = ParallelExperience(engine)
+
+    @learner.environment_task("env_1", as_executable=False)
+    def env_1(*args, **kwargs):
+        return {"reward": [1.0, 2.0], "done": [False, True]}
+
+    @learner.update_task(as_executable=False)
+    def update(bank, **kwargs):
+        return {"mean_reward": float(bank["reward"].mean())}
+
+    states = [s async for s in learner.start(1)]
+    assert states[0].experience_size == 2 and states[0].mean_reward == 1.5
+    assert "reward" not in states[0].state  # a bank of columns, not state

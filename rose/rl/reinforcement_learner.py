@@ -332,8 +332,10 @@ class ParallelExperience(SequentialReinforcementLearner):
         futures = [self._submit(self._tasks[self._ENV_PREFIX + n], config) for n in names]
         results = await asyncio.gather(*futures)
         banks = [self._read_bank(n, r) for n, r in zip(names, results, strict=True)]
-        if any(b is _ON_DISK for b in banks):
-            # ROSE 0.3 style: the environments saved their banks into work_dir
+        on_disk = any(b is _ON_DISK for b in banks)
+        if on_disk:
+            # ROSE 0.3 style: the environments saved their banks into work_dir, and the
+            # update reads the merged file (it gets no argument, as there)
             merged = self.merge_banks()
             sizes = {n: None for n in names}
         else:
@@ -346,7 +348,8 @@ class ParallelExperience(SequentialReinforcementLearner):
             len(names),
         )
         summary = {"experience_size": len(merged), "experience_sizes": sizes}
-        return [summary, await self.submit("update", lane, iteration, merged)]
+        inputs = () if on_disk else (merged,)
+        return [summary, await self.submit("update", lane, iteration, *inputs)]
 
     def _read_bank(self, name: str, result: Any) -> Any:
         """An environment's result as a bank, or _ON_DISK when it left its bank in work_dir."""
