@@ -179,3 +179,15 @@ def test_uq_metric_names_carry_their_operators():
     assert metrics.resolve_operator(metrics.PREDICTIVE_VARIANCE) == "<"
     assert metrics.resolve_operator(metrics.MARGIN) == ">"
     assert metrics.PREDICTIVE_ENTROPY == "predictive_entropy"
+
+
+def test_compute_uncertainty_raises_what_a_metric_raises():
+    @register_uq("test_broken")
+    def broken(self, mc_preds):
+        raise RuntimeError("broken metric")
+
+    try:
+        with pytest.raises(RuntimeError, match="broken metric"):  # not an "Error: ..." string
+            UQScorer("regression").compute_uncertainty(VALUES)
+    finally:
+        UQ_REGISTRY.pop("test_broken")
