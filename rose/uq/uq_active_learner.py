@@ -7,9 +7,11 @@ from typing import Any
 
 from radical.asyncflow import WorkflowEngine
 
-from rose.learner import Lane, LearnerConfig
+from rose.learner import Lane, LearnerConfig, TaskConfig
 from rose.tracking import IterationState
-from rose.uq.uq_learner import UQLearner, model_list
+from rose.uq.uq_learner import UQLearner, UQLearnerConfig, model_list
+
+__all__ = ["SeqUQLearner", "ParallelUQLearner", "UQLearnerConfig", "TaskConfig", "IterationState"]
 
 LearnerConfigs = Mapping[str, LearnerConfig | None] | Sequence[LearnerConfig | None]
 
