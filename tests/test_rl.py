@@ -425,8 +425,8 @@ def test_experience_banks(tmp_path):
     merged = merge_banks([a, None, b, ExperienceBank()])
     assert len(merged) == 3 and merged["obs"].shape == (3, 2)
     assert list(merged["reward"]) == [1.0, 0.0, 0.5]
-    path = merged.save(tmp_path / "bank")
-    assert path.suffix == ".npz"
+    path = merged.save(tmp_path / "bank")  # a path that is no folder: that file, as .npz
+    assert path == str(tmp_path / "bank.npz")
     again = ExperienceBank.load(path)
     assert np.array_equal(again["obs"], merged["obs"])
     with pytest.raises(ValueError, match="differ in length"):

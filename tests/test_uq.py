@@ -107,8 +107,8 @@ async def test_ensemble_data_flow_and_state(engine, recorder):
     first = [(k[MODEL_NAME_KWARG], k[PREDICTION_INDEX_KWARG]) for _, k in calls["predict"][:6]]
     assert sorted(first) == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)]
     assert calls["predict"][0][0][0]["train_mse"] == 0.5  # prediction got its training result
-    # the uncertainty task got every prediction, model order then prediction index
-    assert calls["uq"][0][0] == (("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2))
+    # the uncertainty task got the predictions as one list per model, in model order
+    assert calls["uq"][0][0] == ([[("a", 0), ("a", 1), ("a", 2)], [("b", 0), ("b", 1), ("b", 2)]],)
     # active learning got the uncertainty result
     assert calls["acl"][0][0] == ({PREDICTIVE_VARIANCE: 1.0, "query": [0, 1, 2, 3]},)
     # the criterion ran once per model; the metric is their mean
@@ -147,7 +147,7 @@ async def test_criterion_per_model_and_models_that_met_it_stop_training(engine, 
     trained = [k[MODEL_NAME_KWARG] for _, k in learner.calls["train"]]
     assert sorted(trained[:2]) == ["a", "b"] and trained[2:] == ["b", "b"]
     # without an uncertainty task, active learning gets the predictions
-    assert learner.calls["acl"][0][0] == (("a", 0), ("b", 0))  # in model order
+    assert learner.calls["acl"][0][0] == ([[("a", 0)], [("b", 0)]],)  # in model order
     assert recorder.stop_reason == "criterion_met"
 
 
@@ -269,11 +269,13 @@ def test_uncertainty_decorator_validation(engine):
 
 async def test_teach_is_a_deprecated_wrapper(engine):
     with pytest.warns(DeprecationWarning):
-        final = await build(engine).teach(["a"], 1, 2)
-    assert final.iteration == 1
+        results = await build(engine).teach(["a"], 1, 2)
+    # one summary per iteration, as ROSE 0.3's teach() returned
+    assert results == [{"iterations": i, "uq": 1.0, "criterion": [0.5]} for i in (0, 1)]
     with pytest.warns(DeprecationWarning):
-        finals = await build(engine, ParallelUQLearner).teach(["A", "B"], max_iter=2)
-    assert {k: v.iteration for k, v in finals.items()} == {"A": 1, "B": 1}
+        finals = await build(engine, ParallelUQLearner).teach(["B", "A"], max_iter=2)
+    # a list in learner_names order
+    assert [(s.learner_id, s.iteration) for s in finals] == [("B", 1), ("A", 1)]
 
 
 # ---------------------------------------------------------------- parallel

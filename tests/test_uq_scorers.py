@@ -108,7 +108,7 @@ def test_uq_scorer_class_and_custom_metrics():
         UQScorer("ranking")
 
     @register_uq("test_range")
-    def value_range(predictions):
+    def value_range(predictions):  # one parameter: called with the predictions only
         v = np.asarray(predictions)
         return v.max(axis=0) - v.min(axis=0)
 
@@ -116,6 +116,59 @@ def test_uq_scorer_class_and_custom_metrics():
         assert uq.score("test_range", VALUES) == pytest.approx(2.0)
     finally:
         UQ_REGISTRY.pop("test_range")
+
+
+def test_uq_scorer_methods_match_the_registry():
+    cls, reg = UQScorer("classification"), UQScorer("regression")
+    assert cls.predictive_entropy(PROBS) == pytest.approx([LN2, LN2, H_08])
+    assert cls.mutual_information(PROBS) == pytest.approx(uq.mutual_information(PROBS))
+    assert cls.variation_ratio(PROBS) == pytest.approx([0.5, 0.0, 0.0])
+    assert cls.margin(PROBS) == pytest.approx([0.0, 0.0, 0.6])
+    assert reg.predictive_variance(VALUES) == pytest.approx([8 / 3, 0.0])
+    assert reg.predictive_interval_width(VALUES, quantile=0.5) == pytest.approx([2.0, 0.0])
+    assert reg.predictive_interval_width(VALUES) == pytest.approx([3.8, 0.0])  # 95 %: 1.1 .. 4.9
+    assert cls.negative_log_likelihood(PROBS, [1, 0, 0]) == pytest.approx(
+        [LN2, LN2, -math.log(0.8)]
+    )
+    # the registry holds functions called as f(scorer, mc_preds)
+    assert UQ_REGISTRY[metrics.PREDICTIVE_ENTROPY](cls, PROBS) == pytest.approx([LN2, LN2, H_08])
+    # validate_inputs (also spelled _validate_inputs) squeezes stray axes of 1
+    preds, y = reg._validate_inputs(VALUES[..., None], [[3.0], [2.0]])
+    assert preds.shape == (3, 2) and y.shape == (2,)
+    with pytest.raises(ValueError, match="n_classes"):
+        cls.validate_inputs(VALUES)
+
+
+def test_custom_metric_gets_the_scorer_first_and_drives_selection():
+    seen = []
+
+    @register_uq(metrics.CUSTOM_UQ)
+    def one_minus_max(self, mc_preds):
+        seen.append(self)
+        mc_preds, _ = self._validate_inputs(mc_preds)
+        return 1.0 - mc_preds.mean(axis=0).max(axis=1)
+
+    try:
+        scorer = UQScorer(task_type="classification")
+        idx, s = scorer.select_top_uncertain(PROBS, k=2, metric=metrics.CUSTOM_UQ)
+        assert seen and seen[0] is scorer
+        assert list(idx) == [0, 1] and s == pytest.approx([0.5, 0.5])
+        assert metrics.CUSTOM_UQ in scorer.compute_uncertainty(PROBS)
+        assert metrics.resolve_operator(metrics.CUSTOM_UQ) == "<"
+    finally:
+        UQ_REGISTRY.pop(metrics.CUSTOM_UQ)
+
+
+def test_select_top_uncertain_upstream_signature():
+    cls = UQScorer("classification")
+    # positional (mc_preds, k, metric, y_true), as ROSE 0.3 scripts call it
+    idx, s = cls.select_top_uncertain(PROBS, 1, metrics.NEGATIVE_LOG_LIKELIHOOD, [0, 0, 1])
+    assert list(idx) == [2] and s == pytest.approx([-math.log(0.2)])
+    # margin: the *smallest* margins are the uncertain ones (instance 2 is the confident one)
+    idx, _ = cls.select_top_uncertain(mc_preds=PROBS, k=2, metric=metrics.MARGIN)
+    assert 2 not in idx
+    with pytest.raises(ValueError, match="needs y_true"):
+        cls.select_top_uncertain(PROBS, 1, metrics.NEGATIVE_LOG_LIKELIHOOD)
 
 
 def test_uq_metric_names_carry_their_operators():
@@ -126,3 +179,15 @@ def test_uq_metric_names_carry_their_operators():
     assert metrics.resolve_operator(metrics.PREDICTIVE_VARIANCE) == "<"
     assert metrics.resolve_operator(metrics.MARGIN) == ">"
     assert metrics.PREDICTIVE_ENTROPY == "predictive_entropy"
+
+
+def test_compute_uncertainty_raises_what_a_metric_raises():
+    @register_uq("test_broken")
+    def broken(self, mc_preds):
+        raise RuntimeError("broken metric")
+
+    try:
+        with pytest.raises(RuntimeError, match="broken metric"):  # not an "Error: ..." string
+            UQScorer("regression").compute_uncertainty(VALUES)
+    finally:
+        UQ_REGISTRY.pop("test_broken")

@@ -75,8 +75,9 @@ async def main(max_iter: int, learners: list[str], out: Path, mse: float, varian
         threshold=variance,
         as_executable=False,
     )
-    async def check_uq(*predictions, **kwargs):
-        return problem(kwargs).uncertainty(list(predictions), QUERY_SIZE)
+    async def check_uq(predictions_by_model, **kwargs):
+        predictions = [p for per_model in predictions_by_model for p in per_model]
+        return problem(kwargs).uncertainty(predictions, QUERY_SIZE)
 
     @learner.active_learn_task(as_executable=False)
     async def active_learn(uq_result, **kwargs):

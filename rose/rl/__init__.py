@@ -1,16 +1,20 @@
 """Reinforcement learners: sequential, parallel, and parallel experience collection."""
 
-from rose.rl.experience import ExperienceBank, merge_banks
+from rose.rl.experience import Experience, ExperienceBank, create_experience, merge_banks
 from rose.rl.reinforcement_learner import (
     ParallelExperience,
     ParallelReinforcementLearner,
+    ReinforcementLearner,
     SequentialReinforcementLearner,
 )
 
 __all__ = [
+    "Experience",
+    "ExperienceBank",
+    "ReinforcementLearner",
     "SequentialReinforcementLearner",
     "ParallelReinforcementLearner",
     "ParallelExperience",
-    "ExperienceBank",
+    "create_experience",
     "merge_banks",
 ]

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from rose.events import to_plain
 from rose.learner import Lane, Learner, LearnerConfig, ParallelLearner, task_decorator
-from rose.rl.experience import as_bank, merge_banks
+from rose.rl.experience import ExperienceBank, as_bank, merge_banks
 from rose.tracking import IterationState
 
 log = logging.getLogger(__name__)
@@ -34,12 +36,39 @@ class ReinforcementLearner(Learner):
     roles = ("environment", "update")
 
     environment_task = task_decorator(
-        "environment", "Register the task that runs the policy in the environment and "
-        "collects experience (bare or with options, like every task decorator)."
+        "environment",
+        "Register the task that runs the policy in the environment and "
+        "collects experience (bare or with options, like every task decorator).",
     )
     update_task = task_decorator(
         "update", "Register the task that improves the policy from the collected experience."
     )
+
+    def __init__(self, asyncflow: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(asyncflow, *args, **kwargs)
+        #: None for a sequential learner; the states of parallel ones carry theirs.
+        self.learner_id: int | str | None = None
+        self._current_state: IterationState | None = None
+        self._max_iter: int | None = None
+
+    def get_current_state(self) -> IterationState | None:
+        """The state of the last iteration (None before the first)."""
+        return self._current_state
+
+    def get_max_iterations(self) -> int | None:
+        """``max_iter`` of the current run; None when it runs until its criterion is met."""
+        return self._max_iter
+
+    def build_state(
+        self, lane: Lane, iteration: int, metric_value: float | None, should_stop: bool
+    ) -> IterationState:
+        state = super().build_state(lane, iteration, metric_value, should_stop)
+        self._current_state = state
+        return state
+
+    def _begin(self, max_iter: int) -> None:
+        self._current_state = None
+        self._max_iter = max_iter if isinstance(max_iter, int) and max_iter > 0 else None
 
     def _check_tasks(self, max_iter: int, skip_environment_step: bool) -> None:
         self._require(*(("update",) if skip_environment_step else ("environment", "update")))
@@ -90,7 +119,10 @@ class SequentialReinforcementLearner(ReinforcementLearner):
         skip_environment_step: bool = False,
         initial_config: LearnerConfig | None = None,
     ) -> AsyncIterator[IterationState]:
-        return self._start_sequential(initial_config, max_iter, skip_pre_loop, skip_environment_step)
+        self._begin(max_iter)
+        return self._start_sequential(
+            initial_config, max_iter, skip_pre_loop, skip_environment_step
+        )
 
     async def teach(
         self,
@@ -109,12 +141,19 @@ class SequentialReinforcementLearner(ReinforcementLearner):
         self,
         max_iter: int = 0,
         skip_pre_loop: bool = False,
-        skip_emulation_step: bool = False,
+        skip_simulation_step: bool = False,
         learner_config: LearnerConfig | None = None,
+        *,
+        skip_emulation_step: bool | None = None,
     ) -> IterationState | None:
-        """Deprecated name of ``teach()`` kept for older RL scripts.  Use ``start()``."""
+        """Deprecated: run to the end and return the final state.  Use ``start()``.
+
+        ``skip_simulation_step`` skips the environment task (``start()``'s
+        ``skip_environment_step``); ``skip_emulation_step`` is its older name here.
+        """
+        skip = skip_simulation_step if skip_emulation_step is None else skip_emulation_step
         finals = await self._drain(
-            self.start(max_iter, skip_pre_loop, skip_emulation_step, learner_config), "learn"
+            self.start(max_iter, skip_pre_loop, skip, learner_config), "learn"
         )
         return finals.get(None)
 
@@ -132,9 +171,24 @@ class ParallelReinforcementLearner(ParallelLearner, ReinforcementLearner):
         skip_environment_step: bool = False,
     ) -> AsyncIterator[IterationState]:
         """Run ``parallel_learners`` loops (default: the constructor's count, else 2)."""
+        self._begin(max_iter)
         return self._start_parallel(
             parallel_learners, max_iter, skip_pre_loop, learner_configs, skip_environment_step
         )
+
+    async def learn(
+        self,
+        parallel_learners: int = 2,
+        max_iter: int = 0,
+        skip_pre_loop: bool = False,
+        learner_configs: list[LearnerConfig | None] | None = None,
+    ) -> list[IterationState | None]:
+        """Deprecated: run to the end; each learner's final state, by learner id.  Use
+        ``start()``."""
+        finals = await self._drain(
+            self.start(parallel_learners, max_iter, skip_pre_loop, learner_configs), "learn"
+        )
+        return [finals.get(i) for i in range(parallel_learners)]
 
 
 class ParallelExperience(SequentialReinforcementLearner):
@@ -144,11 +198,87 @@ class ParallelExperience(SequentialReinforcementLearner):
     experience banks (:func:`~rose.rl.experience.merge_banks`, in registration
     order) and hands the merged bank to one update.  The state records the
     bank sizes (``experience_size``, ``experience_sizes``), not the banks.
-    Every environment uses ``LearnerConfig.environment``; ``start()`` and
-    ``teach()`` are the sequential learner's.
+    Every environment uses ``LearnerConfig.environment``.
+
+    Environments that write their banks to files instead (executables that
+    ``ExperienceBank.save()`` an ``experience_bank_*.pkl`` into ``work_dir``, as
+    ROSE 0.3 scripts do) are merged from there by :meth:`merge_banks` into
+    ``work_dir/experience_bank.pkl``, which the update then reads.
     """
 
     _ENV_PREFIX = "environment."
+    #: The file merge_banks() writes, and the prefix of the files it merges.
+    MERGED_BANK = "experience_bank.pkl"
+    BANK_PREFIX = "experience_bank_"
+
+    def __init__(self, asyncflow: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(asyncflow, *args, **kwargs)
+        #: Where file-writing environments leave their banks (merge_banks() reads it).
+        self.work_dir: str | os.PathLike[str] = "."
+
+    def start(  # type: ignore[override]
+        self,
+        max_iter: int = 0,
+        skip_pre_loop: bool = False,
+        initial_config: LearnerConfig | None = None,
+        *,
+        skip_environment_step: bool = False,
+    ) -> AsyncIterator[IterationState]:
+        """Yield an IterationState per iteration (``skip_environment_step``: update only)."""
+        return super().start(max_iter, skip_pre_loop, skip_environment_step, initial_config)
+
+    async def teach(  # type: ignore[override]
+        self,
+        max_iter: int = 0,
+        skip_pre_loop: bool = False,
+        learner_config: LearnerConfig | None = None,
+        *,
+        skip_environment_step: bool = False,
+    ) -> IterationState | None:
+        """Deprecated: run to the end and return the final state.  Use ``start()``."""
+        finals = await self._drain(
+            self.start(
+                max_iter, skip_pre_loop, learner_config, skip_environment_step=skip_environment_step
+            )
+        )
+        return finals.get(None)
+
+    async def learn(  # type: ignore[override]
+        self,
+        max_iter: int = 0,
+        skip_pre_loop: bool = False,
+        learner_config: LearnerConfig | None = None,
+    ) -> IterationState | None:
+        """Deprecated: run to the end and return the final state.  Use ``start()``."""
+        finals = await self._drain(self.start(max_iter, skip_pre_loop, learner_config), "learn")
+        return finals.get(None)
+
+    @property
+    def environment_functions(self) -> dict[str, Callable]:
+        """The registered environments' functions, by name."""
+        return {n: self._tasks[self._ENV_PREFIX + n].func for n in self.environment_names}
+
+    def merge_banks(self) -> ExperienceBank:
+        """Merge the ``experience_bank_*`` files in ``work_dir`` into ``experience_bank.pkl``.
+
+        The merged files are removed; the merged bank is returned (an empty one,
+        and the previous merged file left as it is, when there are none).
+        """
+        folder = Path(self.work_dir)
+        pieces = sorted(
+            p
+            for p in folder.iterdir()
+            if p.is_file() and p.name.startswith(self.BANK_PREFIX) and p.suffix in (".pkl", ".npz")
+        )
+        if not pieces:
+            log.warning("no %s* files in %s to merge", self.BANK_PREFIX, folder)
+            return ExperienceBank()
+        merged = merge_banks(ExperienceBank.load(p) for p in pieces)
+        merged.save(folder, self.MERGED_BANK)
+        for p in pieces:
+            p.unlink(missing_ok=True)
+        log.info("merged %d transitions from %d bank files", len(merged), len(pieces))
+        return merged
 
     @property
     def roles(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -201,18 +331,42 @@ class ParallelExperience(SequentialReinforcementLearner):
         config = lane.config.task_config("environment", iteration) if lane.config else None
         futures = [self._submit(self._tasks[self._ENV_PREFIX + n], config) for n in names]
         results = await asyncio.gather(*futures)
-        banks = [as_bank(r, f"environment {n!r}") for n, r in zip(names, results, strict=True)]
-        merged = merge_banks(banks)
+        banks = [self._read_bank(n, r) for n, r in zip(names, results, strict=True)]
+        on_disk = any(b is _ON_DISK for b in banks)
+        if on_disk:
+            # ROSE 0.3 style: the environments saved their banks into work_dir, and the
+            # update reads the merged file (it gets no argument, as there)
+            merged = self.merge_banks()
+            sizes = {n: None for n in names}
+        else:
+            merged = merge_banks(banks)  # type: ignore[arg-type]
+            sizes = {n: (len(b) if b is not None else 0) for n, b in zip(names, banks, strict=True)}
         log.debug(
             "iteration %d: merged %d transitions from %d environments",
             iteration,
             len(merged),
             len(names),
         )
-        summary = {
-            "experience_size": len(merged),
-            "experience_sizes": {
-                n: (len(b) if b is not None else 0) for n, b in zip(names, banks, strict=True)
-            },
-        }
-        return [summary, await self.submit("update", lane, iteration, merged)]
+        summary = {"experience_size": len(merged), "experience_sizes": sizes}
+        inputs = () if on_disk else (merged,)
+        return [summary, await self.submit("update", lane, iteration, *inputs)]
+
+    def _read_bank(self, name: str, result: Any) -> Any:
+        """An environment's result as a bank, or _ON_DISK when it left its bank in work_dir."""
+        try:
+            bank = as_bank(result, f"environment {name!r}")
+        except TypeError:
+            if isinstance(result, str) and self._bank_files_waiting():
+                return _ON_DISK
+            raise
+        return _ON_DISK if bank is None and self._bank_files_waiting() else bank
+
+    def _bank_files_waiting(self) -> bool:
+        try:
+            return any(p.name.startswith(self.BANK_PREFIX) for p in Path(self.work_dir).iterdir())
+        except OSError:
+            return False
+
+
+#: Marks an environment whose bank is a file in the learner's work_dir.
+_ON_DISK = object()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 from radical.asyncflow import WorkflowEngine
 
-from rose.learner import Lane, LearnerConfig
+from rose.learner import Lane, LearnerConfig, TaskConfig
 from rose.tracking import IterationState
-from rose.uq.uq_learner import UQLearner, model_list
+from rose.uq.uq_learner import UQLearner, UQLearnerConfig, model_list
+
+__all__ = ["SeqUQLearner", "ParallelUQLearner", "UQLearnerConfig", "TaskConfig", "IterationState"]
 
 LearnerConfigs = Mapping[str, LearnerConfig | None] | Sequence[LearnerConfig | None]
 
@@ -26,6 +29,7 @@ class SeqUQLearner(UQLearner):
     ) -> AsyncIterator[IterationState]:
         """Yield an IterationState per iteration (``model_names`` default: one model)."""
         models = model_list(model_names)
+        self._reset_results()
         lane = Lane(learner_id=None, config=learning_config)
         return self._run(
             [lane],
@@ -40,12 +44,13 @@ class SeqUQLearner(UQLearner):
         max_iter: int = 0,
         skip_pre_loop: bool = False,
         learning_config: LearnerConfig | None = None,
-    ) -> IterationState | None:
-        """Deprecated: run to the end and return the final state.  Use ``start()``."""
-        finals = await self._drain(
+    ) -> list[dict[str, Any]]:
+        """Deprecated: run to the end; one dict per iteration (``iterations``, ``uq``,
+        ``criterion``: the criterion values in model order).  Use ``start()``."""
+        await self._drain(
             self.start(model_names, num_predictions, max_iter, skip_pre_loop, learning_config)
         )
-        return finals.get(None)
+        return list(self.learner_results)
 
 
 class ParallelUQLearner(UQLearner):
@@ -85,6 +90,7 @@ class ParallelUQLearner(UQLearner):
         """Run one loop per name in ``learner_names`` (default: the constructor's names)."""
         names = list(learner_names if learner_names is not None else self._names_hint or [])
         models = model_list(model_names)
+        self._reset_results()
         configs = _configs_by_position(names, learner_configs)
         lanes = [Lane(learner_id=n, config=c) for n, c in zip(names, configs, strict=True)]
 
@@ -117,14 +123,25 @@ class ParallelUQLearner(UQLearner):
         max_iter: int = 0,
         skip_pre_loop: bool = False,
         learner_configs: LearnerConfigs | None = None,
-    ) -> dict[str, IterationState]:
-        """Deprecated: run to the end and return each learner's final state by name."""
-        return await self._drain(
+    ) -> list[IterationState | None]:
+        """Deprecated: run to the end; each learner's final state, in ``learner_names`` order."""
+        names = list(learner_names if learner_names is not None else self._names_hint or [])
+        finals = await self._drain(
             self.start(
-                learner_names, model_names, num_predictions, max_iter, skip_pre_loop,
+                learner_names,
+                model_names,
+                num_predictions,
+                max_iter,
+                skip_pre_loop,
                 learner_configs,
             )
         )
+        return [finals.get(n) for n in names]
+
+    @property
+    def uncertainty_values_per_iteration(self) -> dict[str, dict[int, float]]:
+        """Each learner's uncertainty score by iteration, keyed ``"learner-<name>"``."""
+        return {f"learner-{name}": dict(v) for name, v in self._uq_values.items()}
 
 
 def _configs_by_position(

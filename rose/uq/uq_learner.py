@@ -12,11 +12,13 @@ How tasks tell the models apart (the keys older ROSE scripts read):
 - prediction also gets ``kwargs["--iteration"]`` (:data:`PREDICTION_INDEX_KWARG`),
   the index 0…num_predictions-1 of that prediction for its model.
 
-These win over a TaskConfig's kwargs of the same name.  Data flow:
-training receives the simulation's result, each prediction its model's
-training result, the uncertainty task every prediction result (model order,
-then prediction index), and active learning the uncertainty result (or the
-predictions when no uncertainty task is registered).
+These win over a TaskConfig's kwargs of the same name.  Data flow (each
+task gets one positional argument, after its TaskConfig's args): training
+the simulation's result, each prediction its model's training result, the
+uncertainty task the predictions as a list per model (model order) of lists
+(prediction index order), active learning the uncertainty result (or those
+predictions when no uncertainty task is registered), and the criterion the
+active learning result.
 
 Stopping: the run ends with ``criterion_met`` when the uncertainty score
 reaches its threshold (checked before active learning), or when every model
@@ -58,7 +60,7 @@ class _Ensemble:
 
     simulation: Any
     training: dict[str, Any]
-    predictions: list[Any]
+    predictions: list[list[Any]]  # per model, in model order
 
 
 class UQLearner(Learner):
@@ -72,9 +74,33 @@ class UQLearner(Learner):
         "training", "Register the task that trains one model (its name in kwargs['--model_name'])."
     )
     prediction_task = task_decorator(
-        "prediction", "Register the task that predicts with one trained model (see module docstring)."
+        "prediction",
+        "Register the task that predicts with one trained model (see module docstring).",
     )
     active_learn_task = task_decorator("active_learn")
+    uncertainty_task = task_decorator(
+        "uncertainty",
+        "Register an uncertainty task without a threshold: its result goes to active "
+        "learning and, when it is a number, into the uncertainty results; it never stops "
+        "the run (``uncertainty_quantification`` registers one that can).",
+    )
+
+    def __init__(self, asyncflow: Any, *, run_name: str | None = None) -> None:
+        super().__init__(asyncflow, run_name=run_name)
+        #: Name of a sequential learner; a parallel learner's states carry theirs as learner_id.
+        self.learner_name: str = "UQLearner"
+        #: One dict per iteration: ``iterations``, ``uq`` and ``criterion`` (what teach() returns).
+        self.learner_results: list[dict[str, Any]] = []
+        self._uq_values: dict[Any, dict[int, float]] = {}
+
+    @property
+    def uncertainty_values_per_iteration(self) -> dict[Any, Any]:
+        """Uncertainty score by iteration; a parallel learner's by ``"learner-<name>"``."""
+        return dict(self._uq_values.get(None, {}))
+
+    def get_uncertainty_results(self) -> dict[Any, Any]:
+        """The uncertainty scores of the last run (see ``uncertainty_values_per_iteration``)."""
+        return self.uncertainty_values_per_iteration
 
     def uncertainty_quantification(
         self,
@@ -120,6 +146,13 @@ class UQLearner(Learner):
     def _check_tasks(self, max_iter: int, model_names: list[str], num_predictions: int) -> None:
         self._require("simulation", "training", "prediction", "active_learn")
         self._check_max_iter(max_iter)
+        uq = self._tasks.get("uncertainty")
+        if max_iter == 0 and "criterion" not in self._tasks and uq is not None and not uq.operator:
+            raise ValueError(
+                "max_iter=0 means 'until a threshold is met', but the uncertainty task has no "
+                "threshold: pass max_iter=N, or register it with "
+                "@learner.uncertainty_quantification(uq_metric_name, query_size, threshold)"
+            )
         if not model_names:
             raise ValueError("model_names must name at least one model")
         if len(set(model_names)) != len(model_names):
@@ -168,7 +201,7 @@ class UQLearner(Learner):
         return _Ensemble(
             simulation=sim,
             training={m: t for m, (t, _) in zip(models, per_model, strict=True)},
-            predictions=[p for _, preds in per_model for p in preds],
+            predictions=[preds for _, preds in per_model],
         )
 
     def _record(self, lane: Lane, stage: _Ensemble) -> None:
@@ -178,6 +211,35 @@ class UQLearner(Learner):
             per_model = Lane(learner_id=lane.learner_id)
             self.extract_state(per_model, result)
             lane.state.update({f"{model}/{k}": v for k, v in per_model.state.items()})
+
+    def _reset_results(self) -> None:
+        self.learner_results = []
+        self._uq_values = {}
+
+    def _check_uncertainty(self, lane: Lane, result: Any) -> tuple[bool, float | None]:
+        """(threshold met, score) of an uncertainty result; a task without a threshold never
+        stops the run, and its score is None unless it produced a number."""
+        if self._tasks["uncertainty"].operator:
+            return self.check_criterion(lane, result, role="uncertainty")
+        if isinstance(result, dict):
+            self.extract_state(lane, result)
+            return False, None
+        try:
+            value = float(str(result).strip().splitlines()[-1]) if result is not None else None
+        except (ValueError, IndexError):
+            value = None
+        return False, value
+
+    def _record_result(self, state: IterationState) -> IterationState:
+        """Keep the per-iteration summary ROSE 0.3's teach() returned (sequential runs)."""
+        if state.learner_id is None:
+            entry: dict[str, Any] = {"iterations": state.iteration}
+            if state.state.get("uq_value") is not None:
+                entry["uq"] = state.state["uq_value"]
+            if state.state.get("criterion_values") is not None:
+                entry["criterion"] = list(state.state["criterion_values"].values())
+            self.learner_results.append(entry)
+        return state
 
     async def _lane(
         self,
@@ -197,26 +259,29 @@ class UQLearner(Learner):
                 return
             lane.take_pending_config()
             lane.state.clear()
-            predictions: list[Any] = []
+            predictions: list[list[Any]] = []
             if stage is not None:
                 self._record(lane, stage)
                 predictions = stage.predictions
 
-            acl_inputs: list[Any] = predictions
+            # no positional argument when there is nothing before (skip_pre_loop)
+            acl_inputs: tuple = (predictions,) if stage is not None else ()
             if self.has_task("uncertainty"):
-                uq_result = await self.submit("uncertainty", lane, i, *predictions)
+                uq_result = await self.submit("uncertainty", lane, i, *acl_inputs)
                 if self._stop_requested:
                     return
-                uq_met, uq_value = self.check_criterion(lane, uq_result, role="uncertainty")
-                lane.state["uq_value"] = uq_value
+                uq_met, uq_value = self._check_uncertainty(lane, uq_result)
+                if uq_value is not None:
+                    lane.state["uq_value"] = uq_value
+                    self._uq_values.setdefault(lane.learner_id, {})[i] = uq_value
                 if uq_met:
                     log.info(
                         "learner %s: uncertainty %.6g met its threshold", lane.learner_id, uq_value
                     )
-                    yield self.build_state(lane, i, None, True)
+                    yield self._record_result(self.build_state(lane, i, None, True))
                     lane.end_reason = "criterion_met"
                     return
-                acl_inputs = [uq_result]
+                acl_inputs = (uq_result,)
 
             acl_result = await self.submit("active_learn", lane, i, *acl_inputs)
             if self._stop_requested:
@@ -226,7 +291,8 @@ class UQLearner(Learner):
             metric_value, should_stop = None, False
             if self.has_task("criterion"):
                 checks = [
-                    self._submit_for("criterion", lane, i, {MODEL_NAME_KWARG: m}) for m in models
+                    self._submit_for("criterion", lane, i, {MODEL_NAME_KWARG: m}, acl_result)
+                    for m in models
                 ]
                 results = await asyncio.gather(*checks)
                 if self._stop_requested:
@@ -240,7 +306,7 @@ class UQLearner(Learner):
                 metric_value = sum(values.values()) / len(values)
                 should_stop = not models
 
-            yield self.build_state(lane, i, metric_value, should_stop)
+            yield self._record_result(self.build_state(lane, i, metric_value, should_stop))
             if should_stop:
                 lane.end_reason = "criterion_met"
                 return
