@@ -257,9 +257,16 @@ PAR = Layout(
 )
 
 # Derived from ROSE 0.3's tracker rules (not recorded); state keys are this project's UQ
-# learner's: the simulation's, each model's training keys as <model>/<key>, uq_value,
-# the active learner's; criterion_values (a map per model) is not a number.
-_UQ_NUMBERS = {"n_sim": 10.0, "m1/train_loss": 0.25, "m2/train_loss": 0.25, "picked": 3.0}
+# learner's: the simulation's, the last model's training keys as returned and each
+# model's as <model>/<key>, uq_value, the active learner's; criterion_values (a map per
+# model) and the model names are not numbers.
+_UQ_NUMBERS = {
+    "n_sim": 10.0,
+    "train_loss": 0.25,
+    "picked": 3.0,
+    "m1/train_loss": 0.25,
+    "m2/train_loss": 0.25,
+}
 _UQ_VALUES = (1.0, 0.5, 0.2)
 _UQ_MSE = (0.45, 0.25, 0.05)
 

@@ -102,9 +102,18 @@ def test_a_flipped_record_costs_only_itself(tmp_path):
             lambda: all(lines(out / f"{r}.jsonl") == w for r, w in want.items()),
             "the fresh sink to hold the 599 intact events",
         )
-        status = rose("status", "--bus", str(store_dir / "bus.json"), "--state", str(state),
-                      "--json", cwd=tmp_path)  # fmt: skip
-        report = json.loads(status.stdout)
+
+        def status_report() -> dict:
+            status = rose("status", "--bus", str(store_dir / "bus.json"), "--state",
+                          str(state), "--json", cwd=tmp_path)  # fmt: skip
+            return json.loads(status.stdout)
+
+        # The sink reports the gap once its grace has passed, in its next status write.
+        wait_until(
+            lambda: status_report()["sinks"][0]["counters"]["gaps"] >= 1,
+            "the sink to report the damaged event's gap",
+        )
+        report = status_report()
         assert report["broker"]["events"] == 600
         (lost,) = report["broker"]["recovered"]
         assert (lost["first"], lost["last"]) == (300, 300)
