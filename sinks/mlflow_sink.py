@@ -38,6 +38,8 @@ DEFAULT_EXPERIMENT = "rose"
 HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 #: MLflow unreachable is transient by nature: retry forever, never skip events.
 DEFAULT_MAX_ATTEMPTS: int | None = None
+#: Upper bound of --workers.
+MAX_WORKERS = 32
 
 CLI_HELP = "log each run to MLflow: manifest params, per-iteration metrics, stop tags, status"
 CLI_EPILOG = """\
@@ -46,6 +48,7 @@ examples:
   rose sink mlflow --bus ~/rose-store/bus.json --tracking-uri http://127.0.0.1:5000 \\
       --experiment surrogate-v1
   rose replay runs/*.jsonl --into mlflow --experiment surrogate-v1
+  rose replay rose-store/ --into mlflow --tracking-uri http://mlflow:5000 --workers 4
   mlflow ui --backend-store-uri sqlite:///mlflow.db
 
 The tracking URI is --tracking-uri, else $MLFLOW_TRACKING_URI, else
@@ -68,6 +71,14 @@ def add_cli_arguments(parser: Any, *, positional: bool = True) -> None:
         default=None,
         help=f"MLflow experiment for the runs, created if missing (default: {DEFAULT_EXPERIMENT})",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runs written at once, each by its own thread; pays on a tracking server "
+        "(http://...), not on SQLite [1]",
+    )
 
 
 def build_sink(args: Any) -> MLflowSink:
@@ -79,7 +90,12 @@ def build_sink(args: Any) -> MLflowSink:
         )
     for name, value in HTTP_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    sink = MLflowSink(tracking_uri=uri, experiment=getattr(args, "experiment", None))
+    workers = getattr(args, "workers", 1) or 1
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"--workers must be between 1 and {MAX_WORKERS}")
+    sink = MLflowSink(
+        tracking_uri=uri, experiment=getattr(args, "experiment", None), workers=workers
+    )
     sink.prepare()
     return sink
 
@@ -104,11 +120,15 @@ class MLflowSink(Sink):
     name = "mlflow"
     idempotent = True
 
-    def __init__(self, tracking_uri: str | None = None, experiment: str | None = None) -> None:
+    def __init__(
+        self, tracking_uri: str | None = None, experiment: str | None = None, workers: int = 1
+    ) -> None:
         from rose.integrations.mlflow_writer import resolve_tracking_uri
 
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.experiment = experiment or DEFAULT_EXPERIMENT
+        #: Runs applied at once (see sinks.concurrent); the client is shared by the threads.
+        self.workers = workers
         self._client: Any = None
         self._exp_id: str | None = None
 
