@@ -6,7 +6,11 @@ The mapping is the in-process MLflowTracker's
 (:mod:`rose.integrations.mlflow_mapping`), so a run looks the same in MLflow
 whichever way it got there.  What the sink adds is volume: the runtime hands
 it hundreds of events of a run at once and they go out as a few
-``log_batch`` calls (up to 1000 metrics each) instead of one per iteration.
+``log_batch`` calls (up to 1000 metrics each) instead of one per iteration,
+and with ``--workers N`` up to N runs are written at once (each run in one
+thread at a time, so its events never reorder): on a tracking server, where
+every call waits for a round trip and the server's database, that multiplies
+the rate (see :mod:`sinks.concurrent`).
 
 Idempotent: each MLflow run is found by its ``rose.run_id`` tag and records
 how far it holds its rose run (``rose.next_seq``, written in the same call as
