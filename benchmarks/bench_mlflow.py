@@ -13,6 +13,7 @@ state plus the criterion metric: 21 metrics per iteration.
 3. the sink replaying the same runs from JSONL logs (``rose replay --into
    mlflow``: real runtime, real decoding), with 1 worker on SQLite and 1, 2,
    4 and 8 workers on the server; events per second until all are applied;
+   (tracker, full-call loop and sink rows alternate three times; medians);
 4. a long replay (``--long-events``, default 200k events of 400 runs in
    waves of 16 running at once, 3 metrics per iteration, with a checkpoint
    directory) on each backend: its rate over the first and the last 10%.
@@ -206,6 +207,14 @@ def bench_sink(
     return out
 
 
+def _median(results: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The result with the median ``key``, with every sample's ``key`` alongside."""
+    ranked = sorted(results, key=lambda r: r[key])
+    out = dict(ranked[(len(ranked) - 1) // 2])
+    out["samples"] = [round(r[key], 1) for r in results]
+    return out
+
+
 def _start_end(marks: list[tuple[float, int]], total: int, t_start: float) -> dict[str, float]:
     """Rates over each tenth of the work, from (time, done) samples; first vs last."""
 
@@ -270,21 +279,32 @@ def measure_backend(
 ) -> None:  # fmt: skip
     runs, iters = sizes["runs"], sizes["iterations"]
     full = max(1, 1000 // (STATE_KEYS + 1))
-    print(f"[{name}] in-process tracker...", flush=True)
-    b: dict[str, Any] = {
-        "in_process": bench_in_process(uri_for("inproc"), sizes["inproc"], STATE_KEYS),
-    }
-    print(f"[{name}] plain log_batch loops...", flush=True)
+    reps = sizes["repeats"]
+    print(f"[{name}] plain loop, one call per iteration...", flush=True)
     # One call per iteration is slow: two of the runs are enough for its rate.
-    b["plain_per_iteration"] = bench_plain_loop(uri_for("plain1"), 2, iters, STATE_KEYS, 1)
-    b["plain_full_calls"] = bench_plain_loop(uri_for("plainN"), runs, iters, STATE_KEYS, full)
+    b: dict[str, Any] = {
+        "plain_per_iteration": bench_plain_loop(uri_for("plain1"), 2, iters, STATE_KEYS, 1)
+    }
+    # The rest alternate, `repeats` times: the median of each is reported, so a burst of
+    # load from elsewhere on the machine does not land on one row only.
+    samples: dict[str, list[dict[str, Any]]] = {"in_process": [], "plain_full_calls": []}
+    samples.update({f"sink{n}": [] for n in workers})
+    for rep in range(reps):
+        print(f"[{name}] round {rep + 1}/{reps}: tracker, plain loop, sink...", flush=True)
+        samples["in_process"].append(
+            bench_in_process(uri_for(f"inproc{rep}"), sizes["inproc"], STATE_KEYS)
+        )
+        samples["plain_full_calls"].append(
+            bench_plain_loop(uri_for(f"plainN{rep}"), runs, iters, STATE_KEYS, full)
+        )
+        for n in workers:
+            samples[f"sink{n}"].append(bench_sink(uri_for(f"sink{n}-{rep}"), logs, n))
+    b["in_process"] = _median(samples["in_process"], "iterations_per_s")
+    b["plain_full_calls"] = _median(samples["plain_full_calls"], "iterations_per_s")
+    b["sink"] = [_median(samples[f"sink{n}"], "events_per_s") for n in workers]
     b["mlflow_best"] = max(
         b["plain_per_iteration"]["iterations_per_s"], b["plain_full_calls"]["iterations_per_s"]
     )
-    b["sink"] = []
-    for n in workers:
-        print(f"[{name}] sink, {n} worker(s)...", flush=True)
-        b["sink"].append(bench_sink(uri_for(f"sink{n}"), logs, n))
     best = max(b["sink"], key=lambda s: s["events_per_s"])
     b["best_workers"] = best["workers"]
     b["sink_over_in_process"] = best["events_per_s"] / b["in_process"]["iterations_per_s"]
@@ -319,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     long_runs = max(LONG_WAVE, round(long_events / 500))  # ~500 events per run
     long_iterations = max(1, long_events // long_runs - 2)
     sizes = {
-        "inproc": 30 if args.quick else 150,
+        "inproc": 30 if args.quick else 100,
+        "repeats": 1 if args.quick else 3,
         "runs": 8,
         "iterations": 40 if args.quick else 250,
         "long_runs": long_runs,

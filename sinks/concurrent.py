@@ -12,7 +12,9 @@ longer matches the batch the runtime asks for (it cannot, short of a bug)
 is dropped and the batch applied again, which an idempotent sink absorbs.
 
 A sink asks for workers with a ``workers`` attribute (``--workers N``);
-:func:`make_runtime` picks the runtime.
+:func:`make_runtime` picks the runtime.  Even with one worker, it pulls
+several batches per round (:data:`MIN_PULL_BATCHES`), so that in a backlog of
+many interleaved runs each run's calls are still full.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ log = logging.getLogger(__name__)
 
 #: Worker threads allowed; more only adds contention on the tracking server.
 MAX_WORKERS = 64
+#: Batches pulled per round at least: in a backlog of interleaved runs each run then
+#: gets a full batch per round, so calls stay full instead of one per few events.
+MIN_PULL_BATCHES = 8
 
 
 class ConcurrentRuntime(SinkRuntime):
@@ -39,9 +44,13 @@ class ConcurrentRuntime(SinkRuntime):
         if not 1 <= workers <= MAX_WORKERS:
             raise ValueError(f"workers must be between 1 and {MAX_WORKERS}")
         self.workers = workers
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{self.name}-worker")
+        self._pool = (
+            ThreadPoolExecutor(workers, thread_name_prefix=f"{self.name}-worker")
+            if workers > 1
+            else None
+        )
         self._done: dict[str, tuple[int, int, tuple[ApplyResult, bool]]] = {}
-        self._pull_limit = self.config.max_batch * workers
+        self._pull_limit = self.config.max_batch * max(workers, MIN_PULL_BATCHES)
 
     def _pull(self, stream: Any) -> bool:
         # Enough events per round for every worker to get a full batch of its run.
@@ -53,8 +62,8 @@ class ConcurrentRuntime(SinkRuntime):
             self.config.max_batch = max_batch
 
     def _pump(self) -> None:
-        jobs = self._ready_batches()
-        if len(jobs) > 1:
+        jobs = self._ready_batches() if self._pool is not None else []
+        if len(jobs) > 1 and self._pool is not None:
             futures = [
                 (run, batch, self._pool.submit(SinkRuntime._apply, self, run, batch))
                 for run, batch in jobs
@@ -97,12 +106,13 @@ class ConcurrentRuntime(SinkRuntime):
         try:
             super()._shutdown()
         finally:
-            self._pool.shutdown(wait=True)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
 
 
 def make_runtime(sink: Sink, source: EventSource, **kw: Any) -> SinkRuntime:
-    """The runtime for ``sink``: concurrent when it asks for more than one worker."""
-    workers = int(getattr(sink, "workers", 1) or 1)
-    if workers > 1:
-        return ConcurrentRuntime(sink, source, workers=workers, **kw)
-    return SinkRuntime(sink, source, **kw)
+    """The runtime for ``sink``: this module's when it has a ``workers`` attribute."""
+    workers = getattr(sink, "workers", None)
+    if workers is None:
+        return SinkRuntime(sink, source, **kw)
+    return ConcurrentRuntime(sink, source, workers=int(workers), **kw)

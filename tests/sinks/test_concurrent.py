@@ -84,7 +84,20 @@ def test_failures_are_handled_as_by_the_plain_runtime():
         assert seqs[run] == [e["seq"] for e in events if (run, e["seq"]) != ("f2", 5)], run
 
 
-def test_one_worker_is_the_plain_runtime():
+def test_sinks_without_workers_get_the_plain_runtime():
     sink = InMemorySink()
     runtime = make_runtime(sink, ListSource(run_events("a", 3)))
     assert type(runtime) is SinkRuntime
+
+
+def test_one_worker_gets_whole_batches_of_interleaved_runs():
+    """Several batches per round: each of 8 interleaved runs gets max_batch events per call."""
+    runs = {f"b{i}": run_events(f"b{i}", 98) for i in range(8)}
+    sink = SlowSink(workers=1)
+    config = RuntimeConfig(max_batch=50)
+    counters = make_runtime(sink, ListSource(interleave(list(runs.values()))), config=config).run()
+    assert counters.applied == 800
+    assert sink.threads == {threading.current_thread().name}
+    assert sorted({n for _, n in sink.batches}) == [50]
+    for run, events in runs.items():
+        assert sink.seqs(run) == [e["seq"] for e in events], run
