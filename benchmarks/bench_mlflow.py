@@ -255,11 +255,17 @@ class Backends:
 
             self.why_no_server = postgres_missing()
             if self.why_no_server is None:
-                self.pg = PostgresServer(durable=True).start()
-                root = tmp / "server"
-                root.mkdir()
-                db = self.pg.create_database("mlflow")
-                self.server = MLflowServer(root, backend_uri=db, workers=SERVER_WORKERS).start()
+                try:
+                    self.pg = PostgresServer(durable=True)
+                    self.pg.start()
+                    root = tmp / "server"
+                    root.mkdir()
+                    db = self.pg.create_database("mlflow")
+                    self.server = MLflowServer(root, backend_uri=db, workers=SERVER_WORKERS)
+                    self.server.start()
+                except BaseException:
+                    self.close()
+                    raise
         else:
             self.why_no_server = "--no-server"
 
@@ -269,8 +275,10 @@ class Backends:
     def close(self) -> None:
         if self.server is not None:
             self.server.kill()
+            self.server = None
         if self.pg is not None:
             self.pg.stop()
+            self.pg = None
 
 
 def measure_backend(
