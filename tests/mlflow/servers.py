@@ -104,6 +104,15 @@ class PostgresServer:
         self.root = Path(tempfile.mkdtemp(prefix="rose-pg-"))
         if self._prefix:
             shutil.chown(self.root, PG_USER)
+        try:
+            self._init_and_start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _init_and_start(self, timeout: float) -> None:
+        assert self.root is not None
         data = self.root / "data"
         self._run(
             str(self.bindir / "initdb"), "-D", str(data), "-U", PG_SUPERUSER,
@@ -116,7 +125,6 @@ class PostgresServer:
             str(self.bindir / "pg_ctl"), "-D", str(data), "-o", options,
             "-l", str(self.root / "postgres.log"), "-w", "-t", str(int(timeout)), "start",
         )  # fmt: skip
-        return self
 
     def uri(self, database: str) -> str:
         return f"postgresql+psycopg2://{PG_SUPERUSER}@127.0.0.1:{self.port}/{database}"
