@@ -94,7 +94,8 @@ def build_sink(args: Any) -> MLflowSink:
         )
     for name, value in HTTP_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    workers = getattr(args, "workers", 1) or 1
+    workers = getattr(args, "workers", None)
+    workers = 1 if workers is None else workers
     if not 1 <= workers <= MAX_WORKERS:
         raise ValueError(f"--workers must be between 1 and {MAX_WORKERS}")
     sink = MLflowSink(

@@ -283,6 +283,13 @@ def test_cli_refuses_a_password_on_the_command_line(tmp_path, capsys):
     assert "MLFLOW_TRACKING_PASSWORD" in err and "s3cret" not in err
 
 
+@pytest.mark.parametrize("workers", ["0", "33"])
+def test_cli_refuses_a_worker_count_out_of_range(workers, capsys):
+    argv = ["sink", "mlflow", "--backend", "tcp://127.0.0.1:1", "--replay", "tcp://127.0.0.1:2"]
+    assert rose_main([*argv, "--workers", workers]) == 2
+    assert "--workers must be between 1 and 32" in capsys.readouterr().err
+
+
 def test_many_runs_in_one_pass_and_an_event_mlflow_refuses(tmp_path, caplog):
     """Runs interleaved in one backlog each get their run; a refused event is skipped alone."""
     from mlflow import MlflowClient
