@@ -285,7 +285,7 @@ def _need_kind(p: argparse.ArgumentParser) -> int:
 
 def run_sink(args: argparse.Namespace) -> int:
     """``rose sink KIND``: follow the broker until SIGTERM/SIGINT."""
-    from sinks.runtime import SinkRuntime
+    from sinks.concurrent import make_runtime
 
     module = load_kind(args.kind)
     assert module is not None
@@ -293,7 +293,7 @@ def run_sink(args: argparse.Namespace) -> int:
     sink = _build_sink(module, args)
     source = _bus_source(args)
     state = Path(args.state) if args.state else Path(module.default_state_dir(args))
-    runtime = SinkRuntime(sink, source, state_dir=state, config=config, name=args.kind)
+    runtime = make_runtime(sink, source, state_dir=state, config=config, name=args.kind)
     _install_signals(runtime.stop)
     # One line, as the broker prints: where it reads, where it keeps its state.
     print(
@@ -513,7 +513,7 @@ def _replay_into(
     logs: list[tuple[str, Path]] | None = None,
     progress: _Progress | None = None,
 ) -> int:
-    from sinks.runtime import SinkRuntime
+    from sinks.concurrent import make_runtime
 
     module = load_kind(args.into)
     assert module is not None
@@ -535,7 +535,7 @@ def _replay_into(
         c, bad_lines = parallel
         stopping = False
     else:
-        runtime = SinkRuntime(sink, source, state_dir=args.state, config=config, name=args.into)
+        runtime = make_runtime(sink, source, state_dir=args.state, config=config, name=args.into)
         _install_signals(runtime.stop)
         c = _run_runtime(runtime)
         bad_lines = _bad_lines(source)

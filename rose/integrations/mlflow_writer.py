@@ -163,8 +163,11 @@ class RunWriter:
             try:
                 if self.mlflow_run_id is None:
                     self.mlflow_run_id = self._create(todo[0])
-                for call in plan(todo, self.position):
-                    self._send(call)
+                calls = plan(todo, self.position)
+                for i, call in enumerate(calls):
+                    # Mid-event positions always: resuming inside a split event is cheap.
+                    last = i == len(calls) - 1
+                    self._send(call, with_position=last or call.position.part != 0)
                     self.position = call.position
                     if call.skipped:
                         self._note_skipped(call.skipped)
@@ -179,15 +182,21 @@ class RunWriter:
             return 0
         return max(0, min(len(events), self.position.seq - events[0]["seq"]))
 
-    def _send(self, call: Call) -> None:
+    def _send(self, call: Call, *, with_position: bool = True) -> None:
+        """One call; the position tag (the call's last tag) only when ``with_position``.
+
+        Within one ``apply`` only the last call writes the position: a tag write
+        is a transaction of its own in MLflow's SQL store, and a stale position
+        only means that a restart re-sends calls whose rows MLflow already holds
+        (identical rows, which it skips).
+        """
         assert self.mlflow_run_id is not None
         if call.status is not None:
             # Before the batch that moves the position past the stop event, so a
             # crash in between repeats both rather than leaving the run RUNNING.
             self.client.set_terminated(self.mlflow_run_id, call.status, end_time=call.end_time)
-        self.client.log_batch(
-            self.mlflow_run_id, metrics=call.metrics, params=call.params, tags=call.tags
-        )
+        tags = call.tags if with_position or call.status is not None else call.tags[:-1]
+        self.client.log_batch(self.mlflow_run_id, metrics=call.metrics, params=call.params, tags=tags)
 
     def _note_skipped(self, skipped: list[str]) -> None:
         new = sorted({k for k in skipped if k not in self.skipped_keys})

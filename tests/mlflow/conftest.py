@@ -1,21 +1,20 @@
 """Fixtures for the MLflow sink on a real bus: a broker thread, `rose sink mlflow`
-processes, and a real `mlflow server` on loopback for the outage test."""
+processes, a real `mlflow server` on loopback for the outage test, and a real
+`mlflow server` on a throwaway PostgreSQL for the whole session (the backend
+production tracking servers use)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
+import shutil
+import tempfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.mlflow.servers import MLflowServer, PostgresServer, free_port, postgres_missing
 from tests.sinks.conftest import SinkProcess
 
 MLFLOW_ENV = (
@@ -57,61 +56,40 @@ def mlflow_sink(tmp_path: Path) -> Iterator:
         p.kill()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="session")
+def _postgres_mlflow_server() -> Iterator[MLflowServer]:
+    why = postgres_missing()
+    if why is not None:
+        if os.environ.get("ROSE_REQUIRE_POSTGRES"):  # CI: a missing server is a failure
+            pytest.fail(f"ROSE_REQUIRE_POSTGRES is set but {why}")
+        pytest.skip(f"no PostgreSQL-backed MLflow server: {why}")
+    pg = PostgresServer()
+    root = Path(tempfile.mkdtemp(prefix="rose-mlflow-pg-"))
+    server = None
+    try:
+        pg.start()
+        server = MLflowServer(root, backend_uri=pg.create_database("mlflow"), workers=2)
+        yield server.start()
+    finally:
+        if server is not None:
+            server.kill()
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
-class MLflowServer:
-    """``mlflow server`` on 127.0.0.1 in its own process group (so a kill takes its workers)."""
-
-    def __init__(self, root: Path, port: int) -> None:
-        self.root = root
-        self.port = port
-        self.uri = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self, timeout: float = 90.0) -> MLflowServer:
-        self.starts += 1
-        log = (self.root / f"mlflow-server-{self.starts}.log").open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "mlflow", "server",
-                "--host", "127.0.0.1",
-                "--port", str(self.port),
-                "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
-                "--default-artifact-root", str(self.root / "artifacts"),
-                "--workers", "1",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.root,
-            start_new_session=True,
-        )  # fmt: skip
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}")
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.2)
-        self.kill()
-        raise RuntimeError(f"mlflow server not up within {timeout}s")
-
-    def kill(self) -> None:
-        """SIGKILL the server and its workers (a crash, not a shutdown)."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(20)
-        self.proc = None
+@pytest.fixture
+def pg_mlflow(_postgres_mlflow_server: MLflowServer) -> MLflowServer:
+    """The session's PostgreSQL-backed tracking server, up (a test may kill and restart it)."""
+    server = _postgres_mlflow_server
+    try:
+        with urllib.request.urlopen(f"{server.uri}/health", timeout=5) as r:
+            up = r.status == 200
+    except OSError:
+        up = False
+    if not up:
+        server.kill()
+        server.start()
+    return server
 
 
 @pytest.fixture

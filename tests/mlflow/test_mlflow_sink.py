@@ -1,9 +1,9 @@
 """The MLflow sink on a real bus: broker thread, `rose sink mlflow` processes, real MLflow.
 
-The contract of docs/architecture.md for MLflow: the content of an MLflow run (params,
-every metric history, tags, status, times) is the same whether it was tracked
-in process, through BusTracker → broker → MLflow sink, or by replaying the
-run's event log.
+The contract for MLflow: the content of an MLflow run (params, every metric
+history, tags, status, times) is the same whether it was tracked in process,
+through BusTracker → broker → MLflow sink, or by replaying the run's event
+log; on SQLite and on a tracking server backed by PostgreSQL.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import signal
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,27 @@ def interleave(*runs: list[dict]) -> list[dict]:
     return out
 
 
+class Store:
+    """Where a test's MLflow runs go: SQLite files, or the PostgreSQL-backed server."""
+
+    def __init__(self, kind: str, tmp_path: Path, server=None) -> None:
+        self.kind = kind
+        self.tmp_path = tmp_path
+        self.server = server
+
+    def place(self, name: str) -> tuple[str, str]:
+        """A fresh (tracking URI, experiment) pair for ``name``."""
+        if self.server is not None:  # one server per session: experiments keep tests apart
+            return self.server.uri, f"{name}-{uuid.uuid4().hex[:8]}"
+        return init_store(sqlite_uri(self.tmp_path / f"{name}.db")), name
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path) -> Store:
+    server = request.getfixturevalue("pg_mlflow") if request.param == "postgres" else None
+    return Store(request.param, tmp_path, server)
+
+
 def init_store(uri: str) -> str:
     """Create the SQLite schema now, so the test's polling never races the sink's migration."""
     from mlflow import MlflowClient
@@ -98,13 +120,15 @@ def assert_exactly_once(uri: str, experiment: str, runs: dict[str, list[dict]]) 
         assert content[run]["status"] == "FINISHED"
 
 
-async def test_contract_in_process_equals_bus_equals_replay(tmp_path, engine, broker, mlflow_sink):
-    bus_uri = init_store(sqlite_uri(tmp_path / "bus.db"))
+async def test_contract_in_process_equals_bus_equals_replay(
+    tmp_path, engine, broker, mlflow_sink, store
+):
+    bus_uri, bus_exp = store.place("bus")
     sink = mlflow_sink(
-        "--bus", str(broker.bus_file), "--tracking-uri", bus_uri, "--experiment", EXP,
+        "--bus", str(broker.bus_file), "--tracking-uri", bus_uri, "--experiment", bus_exp,
         "--state", str(tmp_path / "state"),
     )  # fmt: skip
-    inproc_uri = sqlite_uri(tmp_path / "inproc.db")
+    inproc_uri, inproc_exp = store.place("inproc")
     logs = tmp_path / "logs"
     logs.mkdir()
 
@@ -115,7 +139,7 @@ async def test_contract_in_process_equals_bus_equals_replay(tmp_path, engine, br
             learner = build_learner(engine, parallel=kind == "par", run_name=name)
         bus_tracker = BusTracker(bus=broker.bus_file)
         learner.add_tracker(FileTracker(logs))
-        learner.add_tracker(MLflowTracker(EXP, tracking_uri=inproc_uri))
+        learner.add_tracker(MLflowTracker(inproc_exp, tracking_uri=inproc_uri))
         learner.add_tracker(bus_tracker)
         try:
             if kind == "select":
@@ -129,7 +153,7 @@ async def test_contract_in_process_equals_bus_equals_replay(tmp_path, engine, br
 
     # Three learners at once (sequential, parallel, algorithm selection): concurrent MLflow runs.
     runs = await asyncio.gather(one("seq", "seq"), one("par", "par"), one("select", "select"))
-    expected = mlflow_content(inproc_uri, EXP)
+    expected = mlflow_content(inproc_uri, inproc_exp)
     assert set(expected) == set(runs)
     par = expected[runs[1]]["metrics"]
     assert {"0/train_mse", "1/train_mse"} <= set(par) and "train_mse" not in par
@@ -138,30 +162,32 @@ async def test_contract_in_process_equals_bus_equals_replay(tmp_path, engine, br
     assert sel["params"]["learner_type"] == "AlgorithmSelector"
 
     want = {run: expected[run]["tags"]["rose.next_seq"] for run in runs}
-    wait_until(lambda: positions(bus_uri, EXP) == want, timeout=BOUND_S, what="bus sink")
+    wait_until(lambda: positions(bus_uri, bus_exp) == want, timeout=BOUND_S, what="bus sink")
     assert sink.terminate() == 0
-    assert mlflow_content(bus_uri, EXP) == expected
+    assert mlflow_content(bus_uri, bus_exp) == expected
 
-    # Replay of the event logs into a fresh store, through the CLI.
-    replay_uri = sqlite_uri(tmp_path / "replay.db")
+    # Replay of the event logs into a fresh store, through the CLI (two workers).
+    replay_uri, replay_exp = store.place("replay")
     argv = ["replay", *map(str, sorted(logs.glob("*.jsonl"))), "--into", "mlflow"]
-    argv += ["--tracking-uri", replay_uri, "--experiment", EXP, "--no-progress"]
+    argv += ["--tracking-uri", replay_uri, "--experiment", replay_exp, "--no-progress"]
+    argv += ["--workers", "2"]
     assert rose_main(argv) == 0
-    assert mlflow_content(replay_uri, EXP) == expected
+    assert mlflow_content(replay_uri, replay_exp) == expected
     # Replaying again, or the broker's whole store, into the same MLflow changes nothing.
     assert rose_main(argv) == 0
-    store = ["replay", str(broker.bus_file.parent), "--into", "mlflow", "--no-progress"]
-    assert rose_main([*store, "--tracking-uri", replay_uri, "--experiment", EXP]) == 0
-    assert mlflow_content(replay_uri, EXP) == expected
+    again = ["replay", str(broker.bus_file.parent), "--into", "mlflow", "--no-progress"]
+    assert rose_main([*again, "--tracking-uri", replay_uri, "--experiment", replay_exp]) == 0
+    assert mlflow_content(replay_uri, replay_exp) == expected
     assert "Traceback" not in sink.output()
 
 
-def test_kill_9_mid_run_and_restart(tmp_path, broker, mlflow_sink):
+def test_kill_9_mid_run_and_restart(tmp_path, broker, mlflow_sink, store):
     runs = {f"k{i}": run_events(f"k{i}", 400) for i in range(3)}
-    uri = init_store(sqlite_uri(tmp_path / "mlflow.db"))
+    uri, exp = store.place("k9")
     args = (
-        "--bus", str(broker.bus_file), "--tracking-uri", uri, "--experiment", "k9",
+        "--bus", str(broker.bus_file), "--tracking-uri", uri, "--experiment", exp,
         "--state", str(tmp_path / "state"), "--batch", "20",
+        *(("--workers", "3") if store.server is not None else ()),
     )  # fmt: skip
     first = mlflow_sink(*args, name="first")
     done = threading.Event()
@@ -174,7 +200,7 @@ def test_kill_9_mid_run_and_restart(tmp_path, broker, mlflow_sink):
     t.start()
 
     def progress() -> int:
-        return sum(int(p.split(":")[0]) for p in positions(uri, "k9").values())
+        return sum(int(p.split(":")[0]) for p in positions(uri, exp).values())
 
     wait_until(lambda: progress() > 60, timeout=BOUND_S, what="progress before the kill")
     first.signal(signal.SIGKILL)
@@ -185,8 +211,8 @@ def test_kill_9_mid_run_and_restart(tmp_path, broker, mlflow_sink):
     assert done.is_set()
     total = sum(len(e) for e in runs.values())
     assert 0 < killed_at < total
-    wait_complete(uri, "k9", runs)
-    assert_exactly_once(uri, "k9", runs)
+    wait_complete(uri, exp, runs)
+    assert_exactly_once(uri, exp, runs)
 
 
 def test_store_failures_are_retried_without_loss_or_duplicates(tmp_path):
@@ -221,18 +247,28 @@ def test_store_failures_are_retried_without_loss_or_duplicates(tmp_path):
 def test_tracking_server_outage_loses_and_duplicates_nothing(
     tmp_path, broker, mlflow_sink, mlflow_server
 ):
-    server = mlflow_server.start()
+    outage(tmp_path, broker, mlflow_sink, mlflow_server.start(), "outage")
+
+
+def test_postgres_backed_server_outage_loses_and_duplicates_nothing(
+    tmp_path, broker, mlflow_sink, pg_mlflow
+):
+    """The session's server is killed and started again (PostgreSQL keeps the data)."""
+    outage(tmp_path, broker, mlflow_sink, pg_mlflow, f"outage-{uuid.uuid4().hex[:8]}", "2")
+
+
+def outage(tmp_path, broker, mlflow_sink, server, exp: str, workers: str = "1") -> None:
     runs = {f"o{i}": run_events(f"o{i}", 120) for i in range(2)}
     first_half = {r: e[:60] for r, e in runs.items()}
     second_half = {r: e[60:] for r, e in runs.items()}
     state = tmp_path / "state"
     sink = mlflow_sink(
-        "--bus", str(broker.bus_file), "--tracking-uri", server.uri, "--experiment", "outage",
-        "--state", str(state), "--retry-max", "1", "--batch", "25",
+        "--bus", str(broker.bus_file), "--tracking-uri", server.uri, "--experiment", exp,
+        "--state", str(state), "--retry-max", "1", "--batch", "25", "--workers", workers,
     )  # fmt: skip
     publish(broker.bus_file, interleave(*first_half.values())).close()
     wait_until(
-        lambda: positions(server.uri, "outage") == {r: "60" for r in runs},
+        lambda: positions(server.uri, exp) == {r: "60" for r in runs},
         timeout=BOUND_S,
         what="first half through the server",
     )
@@ -246,8 +282,8 @@ def test_tracking_server_outage_loses_and_duplicates_nothing(
 
     wait_until(retrying, timeout=BOUND_S, what="the sink retrying while the server is down")
     server.start()
-    wait_complete(server.uri, "outage", runs)
-    assert_exactly_once(server.uri, "outage", runs)
+    wait_complete(server.uri, exp, runs)
+    assert_exactly_once(server.uri, exp, runs)
     assert sink.terminate() == 0
     status = json.loads((state / "status.json").read_text())
     assert status["counters"]["failed"] == 0 and status["counters"]["gaps"] == 0
@@ -260,6 +296,13 @@ def test_cli_refuses_a_password_on_the_command_line(tmp_path, capsys):
     assert rose_main(argv) == 2
     err = capsys.readouterr().err
     assert "MLFLOW_TRACKING_PASSWORD" in err and "s3cret" not in err
+
+
+@pytest.mark.parametrize("workers", ["0", "33"])
+def test_cli_refuses_a_worker_count_out_of_range(workers, capsys):
+    argv = ["sink", "mlflow", "--backend", "tcp://127.0.0.1:1", "--replay", "tcp://127.0.0.1:2"]
+    assert rose_main([*argv, "--workers", workers]) == 2
+    assert "--workers must be between 1 and 32" in capsys.readouterr().err
 
 
 def test_many_runs_in_one_pass_and_an_event_mlflow_refuses(tmp_path, caplog):
