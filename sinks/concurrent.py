@@ -1,15 +1,14 @@
-"""Applying independent runs at once: the runtime with N worker threads.
+"""Applying independent runs at once: the runtime with N backend calls in flight.
 
 A tracking server answers each call after a round trip and its own
-database work, so one sink thread leaves it mostly idle.  Runs never share
-state, so :class:`ConcurrentRuntime` hands the next batch of up to N ready
-runs to N threads at once and then takes their results one by one on the
-runtime's own thread, exactly as :class:`~sinks.runtime.SinkRuntime` would
-have taken them from a call of its own: ordering, retries, isolation of a
-refused event, gaps and checkpoints are the runtime's, unchanged.  One run
-is never in two threads, so a run's events never reorder; a result that no
-longer matches the batch the runtime asks for (it cannot, short of a bug)
-is dropped and the batch applied again, which an idempotent sink absorbs.
+database work, so one call at a time leaves it mostly idle.  Runs never
+share state, so :class:`ConcurrentRuntime` starts the next batch of up to N
+ready runs at once, each on a worker thread of its own, exactly as the
+runtime sets a slow call aside: the run waits for its call, and when the
+call answers, the runtime takes its result as it takes any other: ordering,
+retries, isolation of a refused event, gaps, checkpoints and the deadline
+of a call that hangs are :class:`~sinks.runtime.SinkRuntime`'s, unchanged.
+One run never has two calls in flight, so a run's events never reorder.
 
 A sink asks for workers with a ``workers`` attribute (``--workers N``);
 :func:`make_runtime` picks the runtime.  Even with one worker, it pulls
@@ -20,12 +19,11 @@ many interleaved runs each run's calls are still full.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sinks.base import ApplyResult, Sink
-from sinks.runtime import SinkRuntime, _Run
-from sinks.sources import EventSource, Item
+from sinks.base import Sink
+from sinks.runtime import CALL_WAIT_S, SinkRuntime, _apply_args, _Call, _Worker
+from sinks.sources import EventSource
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +35,15 @@ MIN_PULL_BATCHES = 8
 
 
 class ConcurrentRuntime(SinkRuntime):
-    """:class:`SinkRuntime` whose ready runs are applied by ``workers`` threads at once."""
+    """:class:`SinkRuntime` that keeps up to ``workers`` runs' calls in flight at once."""
 
     def __init__(self, sink: Sink, source: EventSource, *, workers: int, **kw: Any) -> None:
         super().__init__(sink, source, **kw)
         if not 1 <= workers <= MAX_WORKERS:
             raise ValueError(f"workers must be between 1 and {MAX_WORKERS}")
         self.workers = workers
-        self._pool = (
-            ThreadPoolExecutor(workers, thread_name_prefix=f"{self.name}-worker")
-            if workers > 1
-            else None
-        )
-        self._done: dict[str, tuple[int, int, tuple[ApplyResult, bool]]] = {}
         self._pull_limit = self.config.max_batch * max(workers, MIN_PULL_BATCHES)
+        self._started = 0
 
     def _pull(self, stream: Any) -> bool:
         # Enough events per round for every worker to get a full batch of its run.
@@ -62,52 +55,39 @@ class ConcurrentRuntime(SinkRuntime):
             self.config.max_batch = max_batch
 
     def _pump(self) -> None:
-        jobs = self._ready_batches() if self._pool is not None else []
-        if len(jobs) > 1 and self._pool is not None:
-            futures = [
-                (run, batch, self._pool.submit(SinkRuntime._apply, self, run, batch))
-                for run, batch in jobs
-            ]
-            for run, batch, future in futures:
-                self._done[run.name] = (batch[0].seq, len(batch), future.result())
-        try:
-            super()._pump()
-        finally:
-            self._done.clear()
+        if self.workers > 1:
+            self._start_calls()
+        super()._pump()
 
-    def _ready_batches(self) -> list[tuple[_Run, list[Item]]]:
-        """The batch ``_advance`` will ask for first, for each ready run that can go now."""
+    def _start_calls(self) -> None:
+        """Start the next batch of up to ``workers`` ready runs, then wait boundedly.
+
+        Each run is set aside with its call; ``_advance`` takes the result, or
+        keeps waiting (and reports a hung call) as for any set-aside call.
+        """
         now = self._clock()
-        jobs = []
-        for name in self._ready:
+        in_flight = sum(1 for r in self._runs.values() if r.call is not None)
+        calls: list[_Call] = []
+        for name in list(self._ready):
+            if in_flight + len(calls) >= self.workers:
+                break
             run = self._runs.get(name)
-            if run is None or run.backend is None or run.retry_at > now:
+            if run is None or run.call is not None or run.backend is None or run.retry_at > now:
                 continue
-            limit = 1 if run.next_seq <= run.isolate_until else self.config.max_batch
-            batch: list[Item] = []
-            seq = run.next_seq
-            while len(batch) < limit and (item := run.pending.get(seq)) is not None:
-                batch.append(item)
-                seq += 1
-            if batch:
-                jobs.append((run, batch))
-        return jobs
-
-    def _apply(self, run: _Run, batch: list[Item]) -> tuple[ApplyResult, bool]:
-        done = self._done.pop(run.name, None)
-        if done is not None:
-            first, n, result = done
-            if first == batch[0].seq and n == len(batch):
-                return result
-            log.debug("%s: run %s: a worker's result did not match; applying again", self.name, run.name)
-        return super()._apply(run, batch)
-
-    def _shutdown(self) -> None:
-        try:
-            super()._shutdown()
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+            batch = self._next_batch(run)
+            if not batch:
+                continue
+            run.gap_since = None
+            call = _Call(run.backend.apply, _apply_args(batch), "apply", batch)
+            call.started = now
+            self._started += 1
+            worker = _Worker(f"rose-sink-{self.name}-w{self._started}")
+            worker.submit(call)
+            run.call, run.worker = call, worker
+            calls.append(call)
+        deadline = now + min(CALL_WAIT_S, self.config.call_deadline_ms / 1000.0)
+        for call in calls:
+            call.done.wait(max(0.0, deadline - self._clock()))
 
 
 def make_runtime(sink: Sink, source: EventSource, **kw: Any) -> SinkRuntime:

@@ -809,18 +809,9 @@ class SinkRuntime:
         if run.backend is None and not self._open_backend(run):
             return
         while True:
-            max_batch = 1 if run.next_seq <= run.isolate_until else self.config.max_batch
-            batch: list[Item] = []
-            seq = run.next_seq
-            pending = run.pending
-            while len(batch) < max_batch:
-                item = pending.get(seq)
-                if item is None:
-                    break
-                batch.append(item)
-                seq += 1
+            batch = self._next_batch(run)
             if not batch:
-                if (pending or run.behind_offset is not None) and self._on_gap(run, now):
+                if (run.pending or run.behind_offset is not None) and self._on_gap(run, now):
                     continue
                 return
             run.gap_since = None
@@ -875,14 +866,24 @@ class SinkRuntime:
             return True
         return False
 
+    def _next_batch(self, run: _Run) -> list[Item]:
+        """The run's next contiguous events, one at a time while isolating a raise."""
+        max_batch = 1 if run.next_seq <= run.isolate_until else self.config.max_batch
+        batch: list[Item] = []
+        seq = run.next_seq
+        pending = run.pending
+        while len(batch) < max_batch:
+            item = pending.get(seq)
+            if item is None:
+                break
+            batch.append(item)
+            seq += 1
+        return batch
+
     def _apply(self, run: _Run, batch: list[Item]) -> _Call | None:
         """Hand ``batch`` to the run's backend: the finished call, or None when set aside."""
         assert run.backend is not None
-        events = [item.event for item in batch]
-        if batch[0].line is None:
-            return self._call(run, "apply", run.backend.apply, events, batch=batch)
-        lines = [item.line for item in batch]
-        return self._call(run, "apply", run.backend.apply, events, lines, batch=batch)
+        return self._call(run, "apply", run.backend.apply, *_apply_args(batch), batch=batch)
 
     def _applied(self, run: _Run, items: list[Item]) -> None:
         for item in items:
@@ -1028,6 +1029,14 @@ class SinkRuntime:
 def _open_run(sink: Sink, name: str) -> tuple[RunSink, int | None]:
     backend = sink.open_run(name)
     return backend, backend.resume_seq()
+
+
+def _apply_args(batch: list[Item]) -> tuple:
+    """A backend's ``apply`` arguments: the events, and their lines when read as text."""
+    events = [item.event for item in batch]
+    if batch[0].line is None:
+        return (events,)
+    return (events, [item.line for item in batch])
 
 
 def _outcome(call: _Call) -> tuple[ApplyResult, BaseException | None]:

@@ -97,7 +97,7 @@ def test_one_worker_gets_whole_batches_of_interleaved_runs():
     config = RuntimeConfig(max_batch=50)
     counters = make_runtime(sink, ListSource(interleave(list(runs.values()))), config=config).run()
     assert counters.applied == 800
-    assert sink.threads == {threading.current_thread().name}
+    assert len(sink.threads) == 1  # the runtime's one backend worker: one call at a time
     assert sorted({n for _, n in sink.batches}) == [50]
     for run, events in runs.items():
         assert sink.seqs(run) == [e["seq"] for e in events], run
