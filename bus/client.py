@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -336,22 +336,24 @@ class BusClient:
                 if not page:
                     return
 
-        try:
+        def catch_up_or_later(warn: bool) -> Generator[StoredEvent, None, bool]:
+            # A failed request is tried again later; a replaced store is not.
             try:
                 yield from catch_up(None)
+                return True
             except StoreChangedError:
                 raise
             except BusError as exc:
-                log.warning("catch-up from %s failed (%s); will retry", self.replay, exc)
+                if warn:
+                    log.warning("catch-up from %s failed (%s); will retry", self.replay, exc)
+                return False
+
+        try:
+            if not (yield from catch_up_or_later(warn=True)):
                 yield None
             while True:
                 if not sub.poll(idle_timeout_ms, zmq.POLLIN):
-                    try:
-                        yield from catch_up(None)
-                    except StoreChangedError:
-                        raise
-                    except BusError:
-                        pass
+                    yield from catch_up_or_later(warn=False)
                     yield None
                     continue
                 frames = sub.recv_multipart()
@@ -370,12 +372,7 @@ class BusClient:
                     now = time.monotonic()
                     if now - last_check >= GENERATION_CHECK_S:
                         last_check = now
-                        try:
-                            yield from catch_up(None)
-                        except StoreChangedError:
-                            raise
-                        except BusError:
-                            pass
+                        yield from catch_up_or_later(warn=False)
                     continue
                 if offset > next_offset:
                     try:
