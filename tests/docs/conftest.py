@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tests.bus.conftest import free_port  # noqa: F401  (used by the walk tests)
+from tests.bus.conftest import wait_until as _poll
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
@@ -55,19 +56,9 @@ def sh(cmd: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 
     return proc
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float = 30.0, every: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return predicate()
+def wait_until(predicate, timeout: float = 30.0) -> bool:
+    """The bus tests' poll, with the longer bound that commands run as processes need."""
+    return _poll(predicate, timeout, every=0.05)
 
 
 def pattern(message: str) -> re.Pattern:
