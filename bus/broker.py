@@ -63,10 +63,12 @@ from bus.security import (
 from bus.store import DEFAULT_FSYNC_INTERVAL_S, DEFAULT_SEGMENT_BYTES, EventStore, Record
 from bus.wire import (
     ACK_MAX_RUNS,
+    BUS_FILE,
     DEFAULT_BACKEND,
     DEFAULT_FRONTEND,
     DEFAULT_MAX_EVENT_BYTES,
     DEFAULT_REPLAY,
+    Op,
     WireError,
     make_ack,
     parse_header,
@@ -77,7 +79,6 @@ from rose.fileio import atomic_write_json
 log = logging.getLogger(__name__)
 
 #: Name of the connection file the broker writes into its store directory.
-BUS_FILE = "bus.json"
 DEFAULT_HWM = 100_000
 #: Messages handled per socket per loop turn, so no socket starves the others.
 BATCH = 2000
@@ -597,7 +598,7 @@ class Broker:
             "generation": store.generation,
             "next_offset": store.durable_offset,
         }
-        if op == "hello":
+        if op == Op.HELLO:
             return {
                 **base,
                 "endpoints": dict(self.endpoints),
@@ -607,13 +608,13 @@ class Broker:
                     for r in store.recoveries
                 ],
             }
-        if op == "fetch":
+        if op == Op.FETCH:
             start = _int_arg(req, "from", 0, 0, 2**63 - 1)
             limit = _int_arg(req, "limit", 1000, 1, MAX_FETCH_LIMIT)
             return {**base, "events": _event_rows(store.read(start, limit, MAX_REPLY_BYTES))}
-        if op == "runs":
+        if op == Op.RUNS:
             return {**base, "runs": store.run_summaries()}
-        if op == "run_events":
+        if op == Op.RUN_EVENTS:
             run = req.get("run")
             if not isinstance(run, str) or not RUN_ID_RE.match(run):
                 raise _BadRequest("run must be a valid run id")
@@ -622,7 +623,7 @@ class Broker:
             offsets = store.run_offsets(run, from_seq)
             records = [store.read_one(o) for o in offsets[:limit]]
             return {**base, "events": _event_rows(records), "more": len(offsets) > limit}
-        if op == "stats":
+        if op == Op.STATS:
             return {**base, "stats": self.stats(store)}
         raise _BadRequest(f"unknown op {str(op)[:40]!r}")
 
@@ -730,7 +731,6 @@ class BrokerThread:
 
 
 __all__ = [
-    "BUS_FILE",
     "Broker",
     "BrokerError",
     "BrokerThread",

@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import collections
 import itertools
-import json
 import logging
 import os
 import time
 from collections.abc import Callable, Generator, Iterator
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import msgpack
 import zmq
 
 from bus.security import ClientCurve, client_curve
-from bus.wire import WireError, parse_header
+from bus.wire import Op, WireError, parse_header, read_bus_file
 
 log = logging.getLogger(__name__)
 
@@ -59,26 +57,6 @@ class StoredEvent(NamedTuple):
     seq: int
     kind: str
     payload: bytes
-
-
-def read_bus_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a broker's connection file (``<store>/bus.json``); ValueError says what is wrong."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        p = p / "bus.json"
-    try:
-        info = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ValueError(
-            f"no bus file at {p}: start the broker first (`rose bus --store {p.parent}`) "
-            "or pass its endpoints explicitly"
-        ) from None
-    except ValueError as exc:
-        raise ValueError(f"{p} is not a valid bus file: {exc}") from None
-    missing = [k for k in ("frontend", "backend", "replay") if not isinstance(info.get(k), str)]
-    if missing:
-        raise ValueError(f"{p} is not a valid bus file: missing {', '.join(missing)}")
-    return info
 
 
 def _rows(rows: Any) -> list[StoredEvent]:
@@ -186,21 +164,21 @@ class BusClient:
         )
 
     def store_id(self) -> str:
-        return str(self.request("hello")["store_id"])
+        return str(self.request(Op.HELLO)["store_id"])
 
     def fetch(self, from_offset: int, limit: int = 1000) -> list[StoredEvent]:
         """Stored events with offset >= from_offset, in offset order (at most ``limit``)."""
-        return _rows(self.request("fetch", **{"from": from_offset, "limit": limit})["events"])
+        return _rows(self.request(Op.FETCH, **{"from": from_offset, "limit": limit})["events"])
 
     def runs(self) -> list[dict[str, Any]]:
         """One summary per stored run: run, first_seq, last_seq, count, last_offset."""
-        return list(self.request("runs")["runs"])
+        return list(self.request(Op.RUNS)["runs"])
 
     def run_events(self, run: str, from_seq: int = 0) -> list[StoredEvent]:
         """Every stored event of ``run`` with seq >= from_seq, in seq order."""
         out: list[StoredEvent] = []
         while True:
-            reply = self.request("run_events", run=run, from_seq=from_seq, limit=1000)
+            reply = self.request(Op.RUN_EVENTS, run=run, from_seq=from_seq, limit=1000)
             page = _rows(reply["events"])
             out.extend(page)
             if not reply.get("more") or not page:
@@ -208,7 +186,7 @@ class BusClient:
             from_seq = page[-1].seq + 1
 
     def stats(self) -> dict[str, Any]:
-        return dict(self.request("stats")["stats"])
+        return dict(self.request(Op.STATS)["stats"])
 
     # ------------------------------------------------------------ following
 
@@ -277,7 +255,7 @@ class BusClient:
                 return False
             safe, known = head, True
             if gen is not None and g != gen:
-                recs = self.request("hello").get("recoveries") or []
+                recs = self.request(Op.HELLO).get("recoveries") or []
                 newer = [r["safe_offset"] for r in recs if r.get("generation", 0) > gen]
                 known = gen < g and any(r.get("generation") == gen + 1 for r in recs)
                 safe = min(newer) if known and newer else 0
@@ -319,7 +297,7 @@ class BusClient:
             # Fetch from the store until caught up (or up to ``until``, exclusive).
             nonlocal next_offset
             while until is None or next_offset < until:
-                reply = self.request("fetch", **{"from": next_offset, "limit": batch})
+                reply = self.request(Op.FETCH, **{"from": next_offset, "limit": batch})
                 if check(reply):
                     until = None
                     continue  # the page was for the old position

@@ -51,7 +51,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from bus.wire import WireError, decode_header, stored_header_prefix
+from bus.wire import BUS_FILE, WireError, decode_header, stored_header_prefix
 from rose.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -270,7 +270,7 @@ class EventStore:
         fresh = {"format": STORE_FORMAT, "version": STORE_VERSION, "generation": 0}
         if not segments:
             return {**fresh, "store_id": uuid.uuid4().hex, "clean": True, "next_offset": 0}
-        bus = self.dir / "bus.json"
+        bus = self.dir / BUS_FILE
         try:
             info = json.loads(bus.read_text())
             store_id = str(info["store_id"])

@@ -41,9 +41,17 @@ import msgpack
 import numpy as np
 import zmq
 
-from bus.client import read_bus_file
 from bus.security import client_curve
-from bus.wire import ACK_MARK, header_prefix, parse_ack, topic_for
+from bus.wire import (
+    ACK_MARK,
+    ENV_BUS,
+    header_prefix,
+    is_endpoint,
+    locate_bus,
+    parse_ack,
+    read_bus_file,
+    topic_for,
+)
 from rose.eventlog import EventLogWriter
 from rose.events import (
     MAX_EVENT_BYTES,
@@ -78,7 +86,6 @@ TRIM_BATCH = 512
 #: While flushing, re-send the oldest unacknowledged event when no ack came for this long.
 ACK_RETRY_S = 0.5
 #: Environment variable naming a bus file (or an endpoint) when neither argument is given.
-ENV_BUS = "ROSE_BUS"
 #: Environment variable naming the fallback directory.
 ENV_FALLBACK = "ROSE_FALLBACK_DIR"
 
@@ -385,16 +392,16 @@ class BusTracker(EventTracker):
         if endpoint is not None and bus is not None:
             raise ValueError("BusTracker: give either an endpoint or bus=<bus.json>, not both")
         if endpoint is None and bus is None:
-            env = os.environ.get(ENV_BUS)
-            if not env:
+            where = locate_bus()
+            if where is None:
                 raise ValueError(
                     "BusTracker needs the broker: BusTracker('tcp://host:5555'), "
                     f"BusTracker(bus='<store>/bus.json'), or {ENV_BUS}=<bus.json or endpoint>"
                 )
-            if "://" in env:
-                endpoint = env
+            if is_endpoint(where):
+                endpoint = where
             else:
-                bus = env
+                bus = where
         info = None
         if bus is not None:
             info = read_bus_file(bus)

@@ -21,6 +21,9 @@ so the three sides cannot drift apart.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import msgpack
@@ -31,6 +34,24 @@ from rose.events import KINDS, MAX_EVENT_BYTES, RUN_ID_RE, SCHEMA_VERSION
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5555"
 DEFAULT_BACKEND = "tcp://127.0.0.1:5556"
 DEFAULT_REPLAY = "tcp://127.0.0.1:5557"
+
+#: The broker's connection file, written into its store directory.
+BUS_FILE = "bus.json"
+#: The store directory ``rose bus`` uses when none is given (relative to where it runs).
+DEFAULT_STORE_DIR = "rose-store"
+#: Where the broker is when no argument says: an endpoint or a bus file.
+ENV_BUS = "ROSE_BUS"
+
+
+class Op:
+    """The operations of the broker's request endpoint (``{"op": ..., ...}`` → reply map)."""
+
+    HELLO = "hello"  # store id, generation, next offset, endpoints, recoveries
+    FETCH = "fetch"  # rows from an offset: {"from", "limit"}
+    RUNS = "runs"  # one summary per stored run
+    RUN_EVENTS = "run_events"  # rows of one run from a seq: {"run", "from_seq", "limit"}
+    STATS = "stats"  # the broker's counters
+
 
 #: A header larger than this is garbage: a real one is well under 200 bytes.
 MAX_HEADER_BYTES = 512
@@ -153,3 +174,48 @@ def decode_header(header: bytes, *, need_offset: bool = False) -> Header:
     if need_offset and offset is None:
         raise WireError("garbage", "header has no offset")
     return Header(run, seq, kind, offset)
+
+
+def is_endpoint(value: str) -> bool:
+    """True for a ZeroMQ endpoint (``tcp://…``, ``ipc://…``), False for a file path."""
+    return "://" in value
+
+
+def locate_bus(given: str | os.PathLike[str] | None = None, *, default_store: bool = False) -> str | None:
+    """Where the broker is, by one rule for every client: learners, sinks and tools.
+
+    ``given`` (an argument), else ``$ROSE_BUS``, else, when ``default_store``,
+    ``./rose-store/bus.json`` if it exists; None when nothing says.  The answer
+    is an endpoint or a bus file path (see :func:`is_endpoint`).
+    """
+    if given:
+        return os.fspath(given)
+    env = os.environ.get(ENV_BUS, "").strip()
+    if env:
+        return env
+    default = Path(DEFAULT_STORE_DIR) / BUS_FILE
+    if default_store and default.is_file():
+        return str(default)
+    return None
+
+
+def read_bus_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a broker's connection file (``<store>/bus.json``); ValueError says what is wrong."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / BUS_FILE
+    try:
+        info = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ValueError(
+            f"no bus file at {p}: start the broker first (`rose bus --store {p.parent}`) "
+            "or pass its endpoints explicitly"
+        ) from None
+    except ValueError as exc:
+        raise ValueError(f"{p} is not a valid bus file: {exc}") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{p} is not a valid bus file: not a JSON object")
+    missing = [k for k in ("frontend", "backend", "replay") if not isinstance(info.get(k), str)]
+    if missing:
+        raise ValueError(f"{p} is not a valid bus file: missing {', '.join(missing)}")
+    return info

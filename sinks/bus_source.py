@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bus.wire import BUS_FILE, Op
 from sinks.sources import Item, Rewind, SourceChanged
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class BusSource:
         return [_item(ev) for ev in self.client.run_events(run, from_seq)]
 
     def head_offset(self) -> int | None:
-        nxt = self.client.request("hello").get("next_offset")
+        nxt = self.client.request(Op.HELLO).get("next_offset")
         return nxt - 1 if isinstance(nxt, int) else None
 
     def close(self) -> None:
@@ -115,7 +116,7 @@ class StoreSource:
         self.dir = Path(directory)
         self._client: Any = None
         self._store: Any = None
-        bus_json = self.dir / "bus.json"
+        bus_json = self.dir / BUS_FILE
         if bus_json.is_file():
             from bus.client import BusClient, BusError
 
@@ -140,7 +141,7 @@ class StoreSource:
     def events(self) -> int:
         if self._store is not None:
             return int(self._store.next_offset)
-        return int(self._client.request("hello")["next_offset"])
+        return int(self._client.request(Op.HELLO)["next_offset"])
 
     def subscribe(self, from_offset: int = 0) -> Iterator[Item | None]:
         offset = from_offset

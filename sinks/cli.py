@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from bus.wire import ENV_BUS, Op, is_endpoint, locate_bus, read_bus_file
 from rose.cli import UsageError
 from sinks.registry import available_kinds, load_kind
 
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 _ENDPOINT_RE = re.compile(
     r"^(tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._*-]+):(\d{1,5}|\*)|ipc://.+|inproc://.+)$"
 )
-DEFAULT_BUS_FILE = Path("rose-store") / "bus.json"
 STATE_ROOT = Path(".rose-sink")
 
 SINK_DESCRIPTION = """\
@@ -135,8 +135,6 @@ def _bus_source(args: argparse.Namespace, *, idle_ms: int = 200) -> Any:
         check_endpoint(args.replay, "--replay endpoint")
     try:
         if args.bus:
-            from bus.client import read_bus_file
-
             info = read_bus_file(args.bus)
             check_endpoint(info["backend"], f"backend endpoint in {args.bus}")
             check_endpoint(info["replay"], f"replay endpoint in {args.bus}")
@@ -695,20 +693,15 @@ def _default_bus(args: argparse.Namespace) -> bool:
     """Fill args.bus from $ROSE_BUS or ./rose-store when nothing was given."""
     if args.bus or args.backend or args.replay:
         return True
-    env = os.environ.get("ROSE_BUS", "")
-    if env and "://" in env:
+    where = locate_bus(default_store=True)
+    if where and is_endpoint(where):
         raise UsageError(
-            f"ROSE_BUS is an endpoint ({env}), which is enough for learners; sinks and tools "
+            f"{ENV_BUS} is an endpoint ({where}), which is enough for learners; sinks and tools "
             "also need the broker's other endpoints: give --bus STORE/bus.json, or set "
-            "ROSE_BUS to that file"
+            f"{ENV_BUS} to that file"
         )
-    if env:
-        args.bus = env
-        return True
-    if DEFAULT_BUS_FILE.is_file():
-        args.bus = str(DEFAULT_BUS_FILE)
-        return True
-    return False
+    args.bus = where
+    return where is not None
 
 
 def _sink_state_dirs(given: list[str] | None, bus: str | None = None) -> list[Path]:
@@ -972,7 +965,7 @@ def run_tail(args: argparse.Namespace) -> int:
         live.__enter__()
     try:
         try:
-            head = int(source.client.request("hello")["next_offset"])
+            head = int(source.client.request(Op.HELLO)["next_offset"])
         except Exception as exc:
             raise UsageError(str(exc)) from None
         start = 0 if args.from_start else max(0, head - max(0, args.last))

@@ -1,0 +1,58 @@
+"""Log the first of a repeated problem in full and count the rest.
+
+A daemon or a learner that hits the same failure ten thousand times must not
+write ten thousand log lines, and must not hide it either: the first occurrence
+of each key is logged (with its traceback when asked), later ones are counted,
+and ``summary()`` says how many there were.  Like OpenTelemetry's duplicate
+filter, one small object per owner, no global state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable
+from typing import Any
+
+
+class RepeatLog:
+    """Per-key counts of a repeated message; logs the first ``limit`` of each key."""
+
+    def __init__(self, logger: logging.Logger, *, limit: int = 1) -> None:
+        if limit < 1:
+            raise ValueError(f"RepeatLog: limit must be >= 1, got {limit}")
+        self.logger = logger
+        self.limit = limit
+        self.counts: dict[Hashable, int] = {}
+
+    def __call__(
+        self,
+        key: Hashable,
+        msg: str,
+        *args: Any,
+        level: int = logging.WARNING,
+        exc_info: bool = False,
+    ) -> bool:
+        """Count one occurrence of ``key``; log it while under the limit. True when logged."""
+        n = self.counts.get(key, 0) + 1
+        self.counts[key] = n
+        if n > self.limit:
+            return False
+        self.logger.log(level, msg, *args, exc_info=exc_info)
+        return True
+
+    def count(self, key: Hashable) -> int:
+        return self.counts.get(key, 0)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def unlogged(self, key: Hashable) -> int:
+        """Occurrences of ``key`` that were counted but not logged."""
+        return max(0, self.counts.get(key, 0) - self.limit)
+
+    def summary(self, what: str, *, level: int = logging.WARNING) -> None:
+        """One line per key that repeated beyond the limit: ``<what> <key>: N times``."""
+        for key, n in self.counts.items():
+            if n > self.limit:
+                self.logger.log(level, "%s %s: %d times in all", what, key, n)

@@ -1,0 +1,44 @@
+import logging
+
+import pytest
+
+from rose.logonce import RepeatLog
+
+
+def test_first_of_each_key_is_logged_the_rest_counted(caplog):
+    log = logging.getLogger("test.logonce")
+    rl = RepeatLog(log)
+    with caplog.at_level(logging.WARNING, logger="test.logonce"):
+        logged = [rl("a", "problem %s", "a") for _ in range(3)] + [rl("b", "problem %s", "b")]
+    assert logged == [True, False, False, True]
+    assert [r.getMessage() for r in caplog.records] == ["problem a", "problem b"]
+    assert (rl.count("a"), rl.count("b"), rl.total, rl.unlogged("a")) == (3, 1, 4, 2)
+
+
+def test_limit_and_summary(caplog):
+    log = logging.getLogger("test.logonce2")
+    rl = RepeatLog(log, limit=2)
+    with caplog.at_level(logging.INFO, logger="test.logonce2"):
+        for _ in range(5):
+            rl("x", "x happened", level=logging.INFO)
+        rl.summary("repeated")
+    assert [r.getMessage() for r in caplog.records] == [
+        "x happened",
+        "x happened",
+        "repeated x: 5 times in all",
+    ]
+
+
+def test_exc_info_carries_the_traceback(caplog):
+    rl = RepeatLog(logging.getLogger("test.logonce3"))
+    with caplog.at_level(logging.WARNING, logger="test.logonce3"):
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            rl("k", "failed", exc_info=True)
+    assert caplog.records[0].exc_info[0] is RuntimeError
+
+
+def test_bad_limit_is_refused():
+    with pytest.raises(ValueError, match="limit"):
+        RepeatLog(logging.getLogger("x"), limit=0)
