@@ -1,4 +1,4 @@
-"""Driving trackers from events (:class:`EventFeed`) and events from trackers (:class:`EventTracker`)."""
+"""Trackers driven by events (:class:`EventFeed`) and events made by a tracker (:class:`EventTracker`)."""
 
 from __future__ import annotations
 

@@ -144,6 +144,7 @@ def unpack(data: bytes) -> Any:
 
 
 def encode(event: dict[str, Any]) -> bytes:
+    """An event as msgpack bytes; not validated (BusTracker calls this once per event)."""
     return pack(event)
 
 
