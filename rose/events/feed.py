@@ -1,4 +1,4 @@
-"""Trackers driven by events (:class:`EventFeed`) and events made by a tracker (:class:`EventTracker`)."""
+"""Trackers driven by events (EventFeed) and events made by a tracker (EventTracker)."""
 
 from __future__ import annotations
 
