@@ -35,31 +35,54 @@ globals().update({k: v for k, v in vars(_metrics).items() if k.isupper() and typ
 
 # Loaded on first use: the learner core imports radical.asyncflow and pydantic
 # (~0.3 s), and brokers, sinks and the CLI import rose.events without them.
-_LAZY = {
-    "Learner": ("rose.learner", "Learner"),
-    "LearnerConfig": ("rose.config", "LearnerConfig"),
-    "TaskConfig": ("rose.config", "TaskConfig"),
-    "learner": ("rose.learner", None),
-    "al": ("rose.al", None),
-    "active_learner": ("rose.al.active_learner", None),
-    "selector": ("rose.al.selector", None),
-    "rl": ("rose.rl", None),
-    "reinforcement_learner": ("rose.rl.reinforcement_learner", None),
-    "uq": ("rose.uq", None),
-    "uq_learner": ("rose.uq.uq_learner", None),
-    "uq_active_learner": ("rose.uq.uq_active_learner", None),
-    "uq_scorer": ("rose.uq.uq_scorer", None),
-}
+_LAZY = (
+    "Learner",
+    "LearnerConfig",
+    "TaskConfig",
+    "learner",
+    "al",
+    "active_learner",
+    "selector",
+    "rl",
+    "reinforcement_learner",
+    "uq",
+    "uq_learner",
+    "uq_active_learner",
+    "uq_scorer",
+)
 
 
 def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'rose' has no attribute {name!r}")
-    import importlib
+    # ``import rose.x as value``, not ``from rose import x``: the latter asks this
+    # function for ``x`` again before importing it.
+    if name == "Learner":
+        from rose.learner import Learner as value
+    elif name in ("LearnerConfig", "TaskConfig"):
+        import rose.config as config
 
-    module_name, attr = _LAZY[name]
-    module = importlib.import_module(module_name)
-    value = module if attr is None else getattr(module, attr)
+        value = getattr(config, name)
+    elif name == "learner":
+        import rose.learner as value
+    elif name == "al":
+        import rose.al as value
+    elif name == "active_learner":
+        import rose.al.active_learner as value
+    elif name == "selector":
+        import rose.al.selector as value
+    elif name == "rl":
+        import rose.rl as value
+    elif name == "reinforcement_learner":
+        import rose.rl.reinforcement_learner as value
+    elif name == "uq":
+        import rose.uq as value
+    elif name == "uq_learner":
+        import rose.uq.uq_learner as value
+    elif name == "uq_active_learner":
+        import rose.uq.uq_active_learner as value
+    elif name == "uq_scorer":
+        import rose.uq.uq_scorer as value
+    else:
+        raise AttributeError(f"module 'rose' has no attribute {name!r}")
     globals()[name] = value
     return value
 

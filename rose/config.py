@@ -71,7 +71,7 @@ def _roles(config: BaseModel) -> list[str]:
 
 def config_snapshot(config: Any, iteration: int) -> dict[str, Any]:
     """``{role: {"args": [...], "kwargs": {...}}}`` in effect at ``iteration``, as plain data."""
-    from rose.events import to_plain
+    from rose.events.values import to_plain
 
     if config is None:
         return {}

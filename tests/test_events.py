@@ -236,14 +236,15 @@ def test_decoder_rejects_garbage_without_crashing(data):
 
 
 def test_oversized_input_rejected_before_parsing(monkeypatch):
-    import rose.events as ev
+    # Each codec reads the limit in its own module, so that is where it is lowered.
+    from rose.events import jsonl, msgpack_codec
 
-    monkeypatch.setattr(ev, "MAX_EVENT_BYTES", 100)
-    monkeypatch.setattr(ev, "MAX_JSON_LINE_BYTES", 900)
+    monkeypatch.setattr(msgpack_codec, "MAX_EVENT_BYTES", 100)
+    monkeypatch.setattr(jsonl, "MAX_JSON_LINE_BYTES", 900)
     with pytest.raises(EventError, match="exceeds"):
-        ev.decode(b"\x00" * 101)
+        msgpack_codec.decode(b"\x00" * 101)
     with pytest.raises(EventError, match="exceeds"):
-        ev.from_json_line("x" * 901)
+        jsonl.from_json_line("x" * 901)
 
 
 def test_json_marker_lookalikes_survive():

@@ -22,7 +22,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from rose.events import EventTracker
+from rose.events.feed import EventTracker
 from rose.extras import require
 from rose.integrations.clearml_mapping import INHERITED_ENV, ClearMLWriter, init_task
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rose.eventlog import EventLogWriter, read_events
-from rose.events import EventFeed, EventTracker
+from rose.events.feed import EventFeed, EventTracker
 from rose.tracking import TrackerBase
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from rose.events import EventTracker
+from rose.events.feed import EventTracker
 from rose.extras import require
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from rose.events import EventTracker
+from rose.events.feed import EventTracker
 from rose.integrations.slack_messages import RunMessages, SlackOptions
 from rose.integrations.slack_webhook import (
     DEFAULT_MIN_INTERVAL_S,
