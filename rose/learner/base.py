@@ -66,6 +66,7 @@ class Learner(TaskRegistry, LearnerLoop):
         self.iteration = 0
         self._state = StateRegistry()
         self._fanout = TrackerFanout()
+        self._trackers = self._fanout.trackers  # ROSE 0.3's name for the attached trackers
         self._current_state: IterationState | None = None
         self._max_iter: int | None = None
         self._stop_requested = False
