@@ -48,31 +48,9 @@ class ReinforcementLearner(Learner):
         "update", "Register the task that improves the policy from the collected experience."
     )
 
-    def __init__(self, asyncflow: Any, *args: Any, **kwargs: Any) -> None:
-        super().__init__(asyncflow, *args, **kwargs)
-        #: None for a sequential learner; the states of parallel ones carry theirs.
-        self.learner_id: int | str | None = None
-        self._current_state: IterationState | None = None
-        self._max_iter: int | None = None
-
-    def get_current_state(self) -> IterationState | None:
-        """The state of the last iteration (None before the first)."""
-        return self._current_state
-
-    def get_max_iterations(self) -> int | None:
-        """``max_iter`` of the current run; None when it runs until its criterion is met."""
-        return self._max_iter
-
-    def build_state(
-        self, lane: Lane, iteration: int, metric_value: float | None, should_stop: bool
-    ) -> IterationState:
-        state = super().build_state(lane, iteration, metric_value, should_stop)
-        self._current_state = state
-        return state
-
-    def _begin(self, max_iter: int) -> None:
+    def _begin(self) -> None:
+        """Each run starts without a current state (ROSE 0.3's RL learners reset it)."""
         self._current_state = None
-        self._max_iter = max_iter if isinstance(max_iter, int) and max_iter > 0 else None
 
     def _check_tasks(self, max_iter: int, skip_environment_step: bool) -> None:
         self._require(*(("update",) if skip_environment_step else ("environment", "update")))
@@ -123,7 +101,7 @@ class SequentialReinforcementLearner(ReinforcementLearner):
         skip_environment_step: bool = False,
         initial_config: LearnerConfig | None = None,
     ) -> AsyncIterator[IterationState]:
-        self._begin(max_iter)
+        self._begin()
         return self._start_sequential(
             initial_config, max_iter, skip_pre_loop, skip_environment_step
         )
@@ -151,7 +129,7 @@ class ParallelReinforcementLearner(ParallelLearner, ReinforcementLearner):
         skip_environment_step: bool = False,
     ) -> AsyncIterator[IterationState]:
         """Run ``parallel_learners`` loops (default: the constructor's count, else 2)."""
-        self._begin(max_iter)
+        self._begin()
         return self._start_parallel(
             parallel_learners, max_iter, skip_pre_loop, learner_configs, skip_environment_step
         )
