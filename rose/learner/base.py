@@ -267,6 +267,3 @@ class Learner(TaskRegistry, LearnerLoop):
                 stacklevel=2,
             )
         self._fanout.add(tracker, self.run_id, self.build_manifest())
-
-    def _notify(self, method: str, *args: Any) -> None:
-        self._fanout.notify(self.run_id, method, *args)

@@ -55,7 +55,7 @@ class LearnerLoop:
             source = loops[0] if len(loops) == 1 else merge_lanes(loops)
             async for state in source:
                 last = state
-                self._notify("on_iteration", state)  # type: ignore[attr-defined]
+                self._fanout.notify(self.run_id, "on_iteration", state)  # type: ignore[attr-defined]
                 yield state
             if self._stop_requested:
                 reason = "stopped"
@@ -71,7 +71,8 @@ class LearnerLoop:
                 if source is not None:
                     await aclose(source)
             finally:
-                self._notify("on_stop", self._final_state(last), reason)  # type: ignore[attr-defined]
+                final = self._final_state(last)
+                self._fanout.notify(self.run_id, "on_stop", final, reason)  # type: ignore[attr-defined]
                 self._fanout.summarize()  # type: ignore[attr-defined]
                 self._state.summarize()  # type: ignore[attr-defined]
 
