@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from rose.config import LearnerConfig
+from rose.learner.fanout import TrackerFanout
 from rose.learner.lanes import Lane, aclose, merge_lanes
+from rose.learner.state import StateRegistry
 from rose.tracking import IterationState
 
 #: What a criterion step returns: (should_stop, metric value), or None when a stop
@@ -26,6 +28,9 @@ Judgement = tuple[bool, float | None] | None
 class LearnerLoop:
     """A part of :class:`~rose.learner.Learner`: its lifecycle and loop skeleton."""
 
+    run_id: str
+    _fanout: TrackerFanout
+    _state: StateRegistry
     _lanes: list[Lane]
     _stop_requested: bool
     _max_iter: int | None
@@ -55,7 +60,7 @@ class LearnerLoop:
             source = loops[0] if len(loops) == 1 else merge_lanes(loops)
             async for state in source:
                 last = state
-                self._fanout.notify(self.run_id, "on_iteration", state)  # type: ignore[attr-defined]
+                self._fanout.notify(self.run_id, "on_iteration", state)
                 yield state
             if self._stop_requested:
                 reason = "stopped"
@@ -72,9 +77,9 @@ class LearnerLoop:
                     await aclose(source)
             finally:
                 final = self._final_state(last)
-                self._fanout.notify(self.run_id, "on_stop", final, reason)  # type: ignore[attr-defined]
-                self._fanout.summarize()  # type: ignore[attr-defined]
-                self._state.summarize()  # type: ignore[attr-defined]
+                self._fanout.notify(self.run_id, "on_stop", final, reason)
+                self._fanout.summarize()
+                self._state.summarize()
 
     def _final_state(self, last: IterationState | None) -> IterationState | None:
         """The state on_stop reports: the last one yielded (a family may pick another)."""
