@@ -44,9 +44,9 @@ class deprecated_run:  # noqa: N801 (used like a decorator, in a class body)
     """A class attribute that becomes the deprecated wrapper named like the attribute.
 
     Its signature is the class's ``start()`` with ``rename`` (start's name to
-    ROSE 0.3's), ``defaults`` (0.3's defaults where they differ) and
-    ``aliases`` (extra keyword-only names for a parameter, 0.3's older
-    spellings); it warns, runs ``start()`` with the arguments and returns
+    ROSE 0.3's), ``defaults`` (0.3's defaults where they differ), ``drop``
+    (start's parameters 0.3's wrapper lacks) and ``aliases`` (extra
+    keyword-only names for a parameter, 0.3's older spellings); it warns, runs ``start()`` with the arguments and returns
     ``result(learner, finals, start_arguments)``, which its docstring names.
     """
 
@@ -66,13 +66,14 @@ class deprecated_run:  # noqa: N801 (used like a decorator, in a class body)
         self.drop = drop
 
     def __set_name__(self, owner: type, name: str) -> None:
-        start = owner.start  # type: ignore[attr-defined]
-        setattr(owner, name, self._build(name, start))
+        setattr(owner, name, self._build(owner, name))
 
-    def _build(self, name: str, start: Callable) -> Callable:
+    def _build(self, owner: type, name: str) -> Callable:
+        start = owner.start  # type: ignore[attr-defined]
+        start_params = list(inspect.signature(start).parameters.values())[1:]  # after self
         ours = {v: k for k, v in self.rename.items()}  # wrapper name -> start name
-        params = []
-        for p in inspect.signature(start).parameters.values():
+        params = [next(iter(inspect.signature(start).parameters.values()))]
+        for p in start_params:
             if p.name in self.drop:
                 continue
             new = self.rename.get(p.name, p.name)
@@ -85,30 +86,48 @@ class deprecated_run:  # noqa: N801 (used like a decorator, in a class body)
         signature = inspect.Signature(params, return_annotation=returns)
         result, aliases = self.result, self.aliases
 
-        async def run(self: Any, *args: Any, **kwargs: Any) -> Any:
-            bound = signature.bind(self, *args, **kwargs)
+        async def run(learner: Any, *args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(learner, *args, **kwargs)
             bound.apply_defaults()
-            given = dict(bound.arguments)
+            given = dict(list(bound.arguments.items())[1:])
             for alias, target in aliases.items():
                 value = given.pop(alias)
                 if value is not None:
                     given[target] = value
-            given.pop(next(iter(signature.parameters)))  # self
             start_args = {ours.get(k, k): v for k, v in given.items()}
             warnings.warn(
                 f"{name}() is deprecated; iterate over start() instead",
                 DeprecationWarning,
                 stacklevel=2,
             )
-            finals = await drain(self.start(**start_args))
-            return result(self, finals, start_args)
+            call_args, call_kwargs = _as_call(start_params, start_args)
+            finals = await drain(learner.start(*call_args, **call_kwargs))
+            return result(learner, finals, start_args)
 
         run.__name__ = name
-        run.__module__ = start.__module__
-        run.__qualname__ = f"{start.__qualname__.rpartition('.')[0]}.{name}"
+        run.__module__ = owner.__module__
+        run.__qualname__ = f"{owner.__qualname__}.{name}"
         run.__doc__ = (
             f"Deprecated: run ``start()`` to its end and return {result.__doc__}.  "
             "Iterate over ``start()`` instead."
         )
         run.__signature__ = signature  # type: ignore[attr-defined]
         return run
+
+
+def _as_call(
+    params: list[inspect.Parameter], values: dict[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """``values`` as start()'s arguments: positional up to the first one left out, as
+    ROSE 0.3's wrappers passed them (a subclass's start() may name them otherwise)."""
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    gap = False
+    for p in params:
+        if p.name not in values:
+            gap = True
+        elif p.kind is p.POSITIONAL_OR_KEYWORD and not gap:
+            args.append(values[p.name])
+        else:
+            kwargs[p.name] = values[p.name]
+    return args, kwargs
