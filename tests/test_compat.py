@@ -5,6 +5,7 @@ Each test backs one entry of docs/compat.md, on a real radical.asyncflow engine.
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import pydantic
@@ -269,6 +270,50 @@ def test_sequential_learner_has_rose_03_members(engine):
     ):  # fmt: skip
         assert callable(getattr(learner, name)), name
     assert learner.run_id.startswith("kept-")
+
+
+ROSE_03_WRAPPERS = {
+    ("SequentialActiveLearner", "teach"): [
+        "max_iter", "skip_pre_loop", "skip_simulation_step", "learner_config",
+    ],
+    ("ParallelActiveLearner", "teach"): [
+        "parallel_learners", "max_iter", "skip_pre_loop", "skip_simulation_step",
+        "learner_configs",
+    ],
+    ("SequentialReinforcementLearner", "learn"): [
+        "max_iter", "skip_pre_loop", "skip_simulation_step", "learner_config",
+    ],
+    ("ParallelReinforcementLearner", "learn"): [
+        "parallel_learners", "max_iter", "skip_pre_loop", "learner_configs",
+    ],
+    ("ParallelExperience", "learn"): ["max_iter", "skip_pre_loop", "learner_config"],
+    ("SeqUQLearner", "teach"): [
+        "model_names", "num_predictions", "max_iter", "skip_pre_loop", "learning_config",
+    ],
+    ("ParallelUQLearner", "teach"): [
+        "learner_names", "model_names", "num_predictions", "max_iter", "skip_pre_loop",
+        "learner_configs",
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("cls", "method"), sorted(ROSE_03_WRAPPERS))
+def test_deprecated_wrappers_take_rose_03_arguments(cls, method):
+    learner_cls = getattr(rose.al, cls, None) or getattr(rose.rl, cls, None)
+    learner_cls = learner_cls or getattr(rose.uq, cls)
+    params = inspect.signature(getattr(learner_cls, method)).parameters.values()
+    positional = [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD][1:]
+    assert positional == ROSE_03_WRAPPERS[cls, method]
+    assert inspect.iscoroutinefunction(getattr(learner_cls, method))
+
+
+async def test_deprecated_wrapper_hands_rose_03_keywords_to_start(engine):
+    learner = build(engine, criterion=False)
+    config = LearnerConfig(training=TaskConfig(kwargs={"lr": 0.5}))
+    with pytest.warns(DeprecationWarning, match=r"teach\(\) is deprecated"):
+        final = await learner.teach(max_iter=2, learner_config=config)
+    assert final.iteration == 1 and final.current_config is config
+    assert final.state["lr"] == 0.5
 
 
 # ---------------------------------------------------------------- where this project differs

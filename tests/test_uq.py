@@ -120,6 +120,19 @@ async def test_ensemble_data_flow_and_state(engine, recorder):
     assert recorder.stop_reason == "max_iter_reached"
 
 
+async def test_state_registry_holds_one_iteration_as_in_every_family(engine):
+    # The UQ loop is the learners' one skeleton: each iteration starts from an empty
+    # registry, so what was registered during the last one is not carried over.
+    learner = build(engine)
+    states = []
+    async for state in learner.start(["m"], max_iter=2):
+        states.append(state)
+        learner.register_state("by_hand", state.iteration)
+    assert states[0].state["n_labeled"] == 10 and "by_hand" not in states[0].state
+    assert states[1].state["n_labeled"] == 20 and "by_hand" not in states[1].state
+    assert learner.get_state("by_hand") == 1  # until the next iteration starts
+
+
 async def test_uncertainty_threshold_stops_before_active_learning(engine, recorder):
     learner = build(engine, uq=[0.5, 0.2, 0.01])
     learner.add_tracker(recorder)

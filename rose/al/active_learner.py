@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from rose.learner import Lane, Learner, LearnerConfig, ParallelLearner, task_decorator
+from rose.config import LearnerConfig
+from rose.learner.base import Learner
+from rose.learner.deprecated import deprecated_run, final_state, final_states_by_id
+from rose.learner.lanes import Lane
+from rose.learner.parallel import ParallelLearner
+from rose.learner.tasks import task_decorator
 from rose.tracking import IterationState
 
 
@@ -56,8 +61,14 @@ class ActiveLearner(Learner):
             max_iter,
             skip_pre_loop,
             step=lambda it: self._simulate_and_train(lane, it, skip_simulation_step),
-            middle=lambda it, results: self.submit("active_learn", lane, it, *results),
+            middle=lambda it, results: self._active_learn(lane, it, results),
         )
+
+    async def _active_learn(
+        self, lane: Lane, iteration: int, results: list[Any] | None
+    ) -> tuple[Any, bool]:
+        """The active-learn task on the step's results (it has no threshold of its own)."""
+        return await self.submit("active_learn", lane, iteration, *(results or ())), False
 
 
 class SequentialActiveLearner(ActiveLearner):
@@ -72,18 +83,7 @@ class SequentialActiveLearner(ActiveLearner):
     ) -> AsyncIterator[IterationState]:
         return self._start_sequential(initial_config, max_iter, skip_pre_loop, skip_simulation_step)
 
-    async def teach(
-        self,
-        max_iter: int = 0,
-        skip_pre_loop: bool = False,
-        skip_simulation_step: bool = False,
-        learner_config: LearnerConfig | None = None,
-    ) -> IterationState | None:
-        """Deprecated: run to the end and return the final state.  Use ``start()``."""
-        finals = await self._drain(
-            self.start(max_iter, skip_pre_loop, skip_simulation_step, learner_config)
-        )
-        return finals.get(None)
+    teach = deprecated_run(final_state, rename={"initial_config": "learner_config"})
 
 
 class ParallelActiveLearner(ParallelLearner, ActiveLearner):
@@ -103,18 +103,4 @@ class ParallelActiveLearner(ParallelLearner, ActiveLearner):
             parallel_learners, max_iter, skip_pre_loop, learner_configs, skip_simulation_step
         )
 
-    async def teach(
-        self,
-        parallel_learners: int = 2,
-        max_iter: int = 0,
-        skip_pre_loop: bool = False,
-        skip_simulation_step: bool = False,
-        learner_configs: list[LearnerConfig | None] | None = None,
-    ) -> list[IterationState | None]:
-        """Deprecated: run to the end and return each learner's final state."""
-        finals = await self._drain(
-            self.start(
-                parallel_learners, max_iter, skip_pre_loop, skip_simulation_step, learner_configs
-            )
-        )
-        return [finals.get(i) for i in range(parallel_learners)]
+    teach = deprecated_run(final_states_by_id, defaults={"parallel_learners": 2})

@@ -23,7 +23,8 @@ from radical.asyncflow import WorkflowEngine
 
 from rose.al.active_learner import ActiveLearner, SequentialActiveLearner
 from rose.config import LearnerConfig, TaskConfig
-from rose.learner import Lane, Learner
+from rose.learner.base import Learner
+from rose.learner.lanes import Lane
 from rose.tracking import IterationState
 
 __all__ = ["AlgorithmSelector", "Learner", "LearnerConfig", "SequentialActiveLearner", "TaskConfig"]
@@ -41,13 +42,11 @@ class AlgorithmSelector(ActiveLearner):
     """
 
     def __init__(
-        self,
-        asyncflow: WorkflowEngine,
-        register_and_submit: bool = False,
-        *,
-        run_name: str | None = None,
+        self, asyncflow: WorkflowEngine, register_and_submit: bool = False, **options: Any
     ) -> None:
-        super().__init__(asyncflow, register_and_submit, run_name=run_name)
+        """``register_and_submit`` defaults to False here; ``options``: the
+        Learner's keywords (``run_name``)."""
+        super().__init__(asyncflow, register_and_submit, **options)
         #: Per algorithm: ``{"iterations": n, "last_result": value}`` (plus ``"error"``).
         self.algorithm_results: dict[str, dict[str, Any]] = {}
         self.best_pipeline_name: str | None = None
@@ -94,9 +93,9 @@ class AlgorithmSelector(ActiveLearner):
         """The active-learning loop, with the algorithm's result handed to the criterion."""
         picked: list[Any] = [None]
 
-        async def middle(it: int, results: list[Any]) -> Any:
-            picked[0] = await self.submit("active_learn", lane, it, *results)
-            return picked[0]
+        async def middle(it: int, results: list[Any] | None) -> tuple[Any, bool]:
+            picked[0], met = await self._active_learn(lane, it, results)
+            return picked[0], met
 
         return self._iterate(
             lane,

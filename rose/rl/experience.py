@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from rose.learner import _json_object_from_stdout
+from rose.learner.results import json_object_from_stdout
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ def as_bank(result: Any, source: str = "environment task") -> ExperienceBank | N
         last = text.splitlines()[-1].strip() if text else ""
         if last.endswith((".npz", ".pkl")) and Path(last).is_file():
             return ExperienceBank.load(last)
-        obj = _json_object_from_stdout(text)
+        obj = json_object_from_stdout(text)
         if obj is not None:
             return ExperienceBank(columns=obj)
     raise TypeError(

@@ -22,8 +22,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from rose.events import to_plain
-from rose.learner import Lane, Learner, LearnerConfig, ParallelLearner, task_decorator
+from rose.config import LearnerConfig
+from rose.learner.base import Learner
+from rose.learner.deprecated import deprecated_run, final_state, final_states_by_id
+from rose.learner.lanes import Lane
+from rose.learner.parallel import ParallelLearner
+from rose.learner.tasks import task_decorator
 from rose.rl.experience import ExperienceBank, as_bank, merge_banks
 from rose.tracking import IterationState
 
@@ -44,31 +48,9 @@ class ReinforcementLearner(Learner):
         "update", "Register the task that improves the policy from the collected experience."
     )
 
-    def __init__(self, asyncflow: Any, *args: Any, **kwargs: Any) -> None:
-        super().__init__(asyncflow, *args, **kwargs)
-        #: None for a sequential learner; the states of parallel ones carry theirs.
-        self.learner_id: int | str | None = None
-        self._current_state: IterationState | None = None
-        self._max_iter: int | None = None
-
-    def get_current_state(self) -> IterationState | None:
-        """The state of the last iteration (None before the first)."""
-        return self._current_state
-
-    def get_max_iterations(self) -> int | None:
-        """``max_iter`` of the current run; None when it runs until its criterion is met."""
-        return self._max_iter
-
-    def build_state(
-        self, lane: Lane, iteration: int, metric_value: float | None, should_stop: bool
-    ) -> IterationState:
-        state = super().build_state(lane, iteration, metric_value, should_stop)
-        self._current_state = state
-        return state
-
-    def _begin(self, max_iter: int) -> None:
+    def _begin(self) -> None:
+        """Each run starts without a current state (ROSE 0.3's RL learners reset it)."""
         self._current_state = None
-        self._max_iter = max_iter if isinstance(max_iter, int) and max_iter > 0 else None
 
     def _check_tasks(self, max_iter: int, skip_environment_step: bool) -> None:
         self._require(*(("update",) if skip_environment_step else ("environment", "update")))
@@ -101,7 +83,7 @@ class ReinforcementLearner(Learner):
             skip_pre_loop,
             step=lambda it: self._collect(lane, it, skip_environment_step),
             # the test sees the policy the last update produced (nothing if none ran yet)
-            criterion_inputs=lambda results: tuple(results[-1:]),
+            criterion_inputs=lambda results: tuple((results or [])[-1:]),
         )
 
 
@@ -119,43 +101,19 @@ class SequentialReinforcementLearner(ReinforcementLearner):
         skip_environment_step: bool = False,
         initial_config: LearnerConfig | None = None,
     ) -> AsyncIterator[IterationState]:
-        self._begin(max_iter)
+        self._begin()
         return self._start_sequential(
             initial_config, max_iter, skip_pre_loop, skip_environment_step
         )
 
-    async def teach(
-        self,
-        max_iter: int = 0,
-        skip_pre_loop: bool = False,
-        skip_environment_step: bool = False,
-        learner_config: LearnerConfig | None = None,
-    ) -> IterationState | None:
-        """Deprecated: run to the end and return the final state.  Use ``start()``."""
-        finals = await self._drain(
-            self.start(max_iter, skip_pre_loop, skip_environment_step, learner_config)
-        )
-        return finals.get(None)
-
-    async def learn(
-        self,
-        max_iter: int = 0,
-        skip_pre_loop: bool = False,
-        skip_simulation_step: bool = False,
-        learner_config: LearnerConfig | None = None,
-        *,
-        skip_emulation_step: bool | None = None,
-    ) -> IterationState | None:
-        """Deprecated: run to the end and return the final state.  Use ``start()``.
-
-        ``skip_simulation_step`` skips the environment task (``start()``'s
-        ``skip_environment_step``); ``skip_emulation_step`` is its older name here.
-        """
-        skip = skip_simulation_step if skip_emulation_step is None else skip_emulation_step
-        finals = await self._drain(
-            self.start(max_iter, skip_pre_loop, skip, learner_config), "learn"
-        )
-        return finals.get(None)
+    teach = deprecated_run(final_state, rename={"initial_config": "learner_config"})
+    #: ``skip_simulation_step`` skips the environment task (``start()``'s
+    #: ``skip_environment_step``); ``skip_emulation_step`` is its older name here.
+    learn = deprecated_run(
+        final_state,
+        rename={"initial_config": "learner_config", "skip_environment_step": "skip_simulation_step"},
+        aliases={"skip_emulation_step": "skip_simulation_step"},
+    )
 
 
 class ParallelReinforcementLearner(ParallelLearner, ReinforcementLearner):
@@ -171,24 +129,15 @@ class ParallelReinforcementLearner(ParallelLearner, ReinforcementLearner):
         skip_environment_step: bool = False,
     ) -> AsyncIterator[IterationState]:
         """Run ``parallel_learners`` loops (default: the constructor's count, else 2)."""
-        self._begin(max_iter)
+        self._begin()
         return self._start_parallel(
             parallel_learners, max_iter, skip_pre_loop, learner_configs, skip_environment_step
         )
 
-    async def learn(
-        self,
-        parallel_learners: int = 2,
-        max_iter: int = 0,
-        skip_pre_loop: bool = False,
-        learner_configs: list[LearnerConfig | None] | None = None,
-    ) -> list[IterationState | None]:
-        """Deprecated: run to the end; each learner's final state, by learner id.  Use
-        ``start()``."""
-        finals = await self._drain(
-            self.start(parallel_learners, max_iter, skip_pre_loop, learner_configs), "learn"
-        )
-        return [finals.get(i) for i in range(parallel_learners)]
+    # ROSE 0.3 named it learn(); teach() is the name the other families use.
+    teach = learn = deprecated_run(
+        final_states_by_id, defaults={"parallel_learners": 2}, drop=("skip_environment_step",)
+    )
 
 
 class ParallelExperience(SequentialReinforcementLearner):
@@ -227,31 +176,10 @@ class ParallelExperience(SequentialReinforcementLearner):
         """Yield an IterationState per iteration (``skip_environment_step``: update only)."""
         return super().start(max_iter, skip_pre_loop, skip_environment_step, initial_config)
 
-    async def teach(  # type: ignore[override]
-        self,
-        max_iter: int = 0,
-        skip_pre_loop: bool = False,
-        learner_config: LearnerConfig | None = None,
-        *,
-        skip_environment_step: bool = False,
-    ) -> IterationState | None:
-        """Deprecated: run to the end and return the final state.  Use ``start()``."""
-        finals = await self._drain(
-            self.start(
-                max_iter, skip_pre_loop, learner_config, skip_environment_step=skip_environment_step
-            )
-        )
-        return finals.get(None)
-
-    async def learn(  # type: ignore[override]
-        self,
-        max_iter: int = 0,
-        skip_pre_loop: bool = False,
-        learner_config: LearnerConfig | None = None,
-    ) -> IterationState | None:
-        """Deprecated: run to the end and return the final state.  Use ``start()``."""
-        finals = await self._drain(self.start(max_iter, skip_pre_loop, learner_config), "learn")
-        return finals.get(None)
+    teach = deprecated_run(final_state, rename={"initial_config": "learner_config"})
+    learn = deprecated_run(
+        final_state, rename={"initial_config": "learner_config"}, drop=("skip_environment_step",)
+    )
 
     @property
     def environment_functions(self) -> dict[str, Callable]:
@@ -314,14 +242,6 @@ class ParallelExperience(SequentialReinforcementLearner):
                 "@learner.environment_task(name='env_1')"
             )
         super()._check_tasks(max_iter, skip_environment_step=True)
-
-    def _config_snapshot(self, lane: Lane, iteration: int) -> dict[str, Any]:
-        # The named environments share LearnerConfig.environment: report it once.
-        snap = super()._config_snapshot(lane, iteration)
-        cfg = lane.config.task_config("environment", iteration) if lane.config else None
-        if cfg is not None and self.environment_names:
-            snap["environment"] = {"args": to_plain(list(cfg.args)), "kwargs": to_plain(cfg.kwargs)}
-        return snap
 
     async def _collect(self, lane: Lane, iteration: int, skip_environment_step: bool) -> list[Any]:
         """Run every environment, merge their banks, update once on the merged bank."""

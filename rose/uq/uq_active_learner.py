@@ -7,13 +7,28 @@ from typing import Any
 
 from radical.asyncflow import WorkflowEngine
 
-from rose.learner import Lane, LearnerConfig, TaskConfig
+from rose.config import LearnerConfig, TaskConfig
+from rose.learner.deprecated import Finals, deprecated_run
+from rose.learner.lanes import Lane
 from rose.tracking import IterationState
 from rose.uq.uq_learner import UQLearner, UQLearnerConfig, model_list
 
 __all__ = ["SeqUQLearner", "ParallelUQLearner", "UQLearnerConfig", "TaskConfig", "IterationState"]
 
 LearnerConfigs = Mapping[str, LearnerConfig | None] | Sequence[LearnerConfig | None]
+
+
+def _iteration_results(learner: SeqUQLearner, finals: Finals, args: dict[str, Any]) -> list:
+    """one dict per iteration (``iterations``, ``uq``, ``criterion``: the criterion values in
+    model order)"""
+    return list(learner.learner_results)
+
+
+def _final_states_by_name(
+    learner: ParallelUQLearner, finals: Finals, args: dict[str, Any]
+) -> list[IterationState | None]:
+    """each learner's final state, in ``learner_names`` order"""
+    return [finals.get(n) for n in learner._names(args["learner_names"])]
 
 
 class SeqUQLearner(UQLearner):
@@ -37,20 +52,7 @@ class SeqUQLearner(UQLearner):
             check=lambda: self._check_tasks(max_iter, models, num_predictions),
         )
 
-    async def teach(
-        self,
-        model_names: Sequence[str] | str | None = None,
-        num_predictions: int = 1,
-        max_iter: int = 0,
-        skip_pre_loop: bool = False,
-        learning_config: LearnerConfig | None = None,
-    ) -> list[dict[str, Any]]:
-        """Deprecated: run to the end; one dict per iteration (``iterations``, ``uq``,
-        ``criterion``: the criterion values in model order).  Use ``start()``."""
-        await self._drain(
-            self.start(model_names, num_predictions, max_iter, skip_pre_loop, learning_config)
-        )
-        return list(self.learner_results)
+    teach = deprecated_run(_iteration_results)
 
 
 class ParallelUQLearner(UQLearner):
@@ -78,6 +80,9 @@ class ParallelUQLearner(UQLearner):
             return len(self._lanes)
         return len(self._names_hint) if self._names_hint is not None else None
 
+    def _names(self, learner_names: Sequence[str] | None) -> list[str]:
+        return list(learner_names if learner_names is not None else self._names_hint or [])
+
     def start(
         self,
         learner_names: Sequence[str] | None = None,
@@ -88,7 +93,7 @@ class ParallelUQLearner(UQLearner):
         learner_configs: LearnerConfigs | None = None,
     ) -> AsyncIterator[IterationState]:
         """Run one loop per name in ``learner_names`` (default: the constructor's names)."""
-        names = list(learner_names if learner_names is not None else self._names_hint or [])
+        names = self._names(learner_names)
         models = model_list(model_names)
         self._reset_results()
         configs = _configs_by_position(names, learner_configs)
@@ -115,28 +120,7 @@ class ParallelUQLearner(UQLearner):
             check=check,
         )
 
-    async def teach(
-        self,
-        learner_names: Sequence[str] | None = None,
-        model_names: Sequence[str] | str | None = None,
-        num_predictions: int = 1,
-        max_iter: int = 0,
-        skip_pre_loop: bool = False,
-        learner_configs: LearnerConfigs | None = None,
-    ) -> list[IterationState | None]:
-        """Deprecated: run to the end; each learner's final state, in ``learner_names`` order."""
-        names = list(learner_names if learner_names is not None else self._names_hint or [])
-        finals = await self._drain(
-            self.start(
-                learner_names,
-                model_names,
-                num_predictions,
-                max_iter,
-                skip_pre_loop,
-                learner_configs,
-            )
-        )
-        return [finals.get(n) for n in names]
+    teach = deprecated_run(_final_states_by_name)
 
     @property
     def uncertainty_values_per_iteration(self) -> dict[str, dict[int, float]]:

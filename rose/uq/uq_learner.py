@@ -35,7 +35,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from rose import metrics
-from rose.learner import Lane, Learner, LearnerConfig, Schedule, TaskConfig, task_decorator
+from rose.config import LearnerConfig, Schedule, TaskConfig
+from rose.learner.base import Learner
+from rose.learner.lanes import Lane
+from rose.learner.tasks import task_decorator
 from rose.tracking import IterationState
 
 log = logging.getLogger(__name__)
@@ -241,7 +244,7 @@ class UQLearner(Learner):
             self.learner_results.append(entry)
         return state
 
-    async def _lane(
+    def _lane(
         self,
         lane: Lane,
         model_names: list[str],
@@ -249,72 +252,69 @@ class UQLearner(Learner):
         max_iter: int,
         skip_pre_loop: bool,
     ) -> AsyncIterator[IterationState]:
+        """One UQ loop on the learner skeleton: each step trains the ensemble; between it
+        and the criterion, the uncertainty score (which may end the run) and active
+        learning; the criterion validates every model still training."""
         models = list(model_names)  # the models still training
-        stage: _Ensemble | None = None
-        if not skip_pre_loop:
-            stage = await self._ensemble(lane, 0, models, num_predictions)
+        return self._iterate(
+            lane,
+            max_iter,
+            skip_pre_loop,
+            step=lambda it: self._ensemble(lane, it, models, num_predictions),
+            record=lambda stage: self._record(lane, stage),
+            middle=lambda it, stage: self._score_and_query(lane, it, stage),
+            criterion=lambda it, queried: self._validate(lane, it, models, queried),
+            finish=self._record_result,
+        )
 
-        for i in self._iterations(max_iter):
+    async def _score_and_query(
+        self, lane: Lane, iteration: int, stage: _Ensemble | None
+    ) -> tuple[Any, bool]:
+        """The uncertainty task on the predictions, then active learning on its result.
+
+        Returns (active learning's result, the uncertainty threshold was met); when
+        it was met, active learning does not run.
+        """
+        # no positional argument when there is nothing before (skip_pre_loop)
+        acl_inputs: tuple = (stage.predictions,) if stage is not None else ()
+        if self.has_task("uncertainty"):
+            uq_result = await self.submit("uncertainty", lane, iteration, *acl_inputs)
             if self._stop_requested:
-                return
-            lane.take_pending_config()
-            lane.state.clear()
-            predictions: list[list[Any]] = []
-            if stage is not None:
-                self._record(lane, stage)
-                predictions = stage.predictions
+                return None, False
+            uq_met, uq_value = self._check_uncertainty(lane, uq_result)
+            if uq_value is not None:
+                lane.state["uq_value"] = uq_value
+                self._uq_values.setdefault(lane.learner_id, {})[iteration] = uq_value
+            if uq_met:
+                log.info(
+                    "learner %s: uncertainty %.6g met its threshold", lane.learner_id, uq_value
+                )
+                return None, True
+            acl_inputs = (uq_result,)
+        return await self.submit("active_learn", lane, iteration, *acl_inputs), False
 
-            # no positional argument when there is nothing before (skip_pre_loop)
-            acl_inputs: tuple = (predictions,) if stage is not None else ()
-            if self.has_task("uncertainty"):
-                uq_result = await self.submit("uncertainty", lane, i, *acl_inputs)
-                if self._stop_requested:
-                    return
-                uq_met, uq_value = self._check_uncertainty(lane, uq_result)
-                if uq_value is not None:
-                    lane.state["uq_value"] = uq_value
-                    self._uq_values.setdefault(lane.learner_id, {})[i] = uq_value
-                if uq_met:
-                    log.info(
-                        "learner %s: uncertainty %.6g met its threshold", lane.learner_id, uq_value
-                    )
-                    yield self._record_result(self.build_state(lane, i, None, True))
-                    lane.end_reason = "criterion_met"
-                    return
-                acl_inputs = (uq_result,)
-
-            acl_result = await self.submit("active_learn", lane, i, *acl_inputs)
-            if self._stop_requested:
-                return
-            self.extract_state(lane, acl_result)
-
-            metric_value, should_stop = None, False
-            if self.has_task("criterion"):
-                checks = [
-                    self._submit_for("criterion", lane, i, {MODEL_NAME_KWARG: m}, acl_result)
-                    for m in models
-                ]
-                results = await asyncio.gather(*checks)
-                if self._stop_requested:
-                    return
-                values: dict[str, float] = {}
-                for model, result in zip(list(models), results, strict=True):
-                    met, values[model] = self.check_criterion(lane, result)
-                    if met:
-                        models.remove(model)
-                lane.state["criterion_values"] = values
-                metric_value = sum(values.values()) / len(values)
-                should_stop = not models
-
-            yield self._record_result(self.build_state(lane, i, metric_value, should_stop))
-            if should_stop:
-                lane.end_reason = "criterion_met"
-                return
-            if self._stop_requested or (max_iter and i == max_iter - 1):
-                return
-
-            lane.take_pending_config()
-            stage = await self._ensemble(lane, i + 1, models, num_predictions)
+    async def _validate(
+        self, lane: Lane, iteration: int, models: list[str], queried: Any
+    ) -> tuple[bool, float | None] | None:
+        """The stop criterion for each model still training; a model that met it stops
+        training.  The metric is the mean over the models validated; the run stops when
+        none is left."""
+        if not self.has_task("criterion"):
+            return False, None
+        checks = [
+            self._submit_for("criterion", lane, iteration, {MODEL_NAME_KWARG: m}, queried)
+            for m in models
+        ]
+        results = await asyncio.gather(*checks)
+        if self._stop_requested:
+            return None
+        values: dict[str, float] = {}
+        for model, result in zip(list(models), results, strict=True):
+            met, values[model] = self.check_criterion(lane, result)
+            if met:
+                models.remove(model)
+        lane.state["criterion_values"] = values
+        return not models, sum(values.values()) / len(values)
 
 
 def model_list(model_names: Sequence[str] | str | None) -> list[str]:
