@@ -49,7 +49,7 @@ def test_a_stalled_broker_fills_the_bounded_buffer_then_the_fallback_log(
         for i in range(n - 2):
             tracker.on_iteration(_state(i))
             # memory stays bounded: the rest is on disk
-            assert len(tracker._unacked) <= 500 and len(tracker._pending) <= 500
+            assert len(tracker._box.unacked) <= 500 and len(tracker._box.pending) <= 500
         tracker.on_stop(None, "max_iter_reached")
         tracker.close()
     assert tracker.subscriptions == 1
