@@ -11,7 +11,11 @@
 Events are iteration events with a 20-key state, like the bus benchmarks.
 Prints a table and writes JSON; run it alone or through scripts/bench.
 
-    python -m benchmarks.bench_sinks [--quick] [--json PATH]
+    python -m benchmarks.bench_sinks [--quick] [--baseline REF] [--json PATH]
+
+With ``--baseline REF`` (default ``DEFAULT_BASELINE``; ``none`` to skip) the same
+benchmarks then run in a process of their own against the whole tree of that
+commit, the previous design, and a last table puts both side by side.
 """
 
 from __future__ import annotations
@@ -22,9 +26,6 @@ import gc
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,15 +33,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import (
+    BrokerProc,
+    add_output_args,
+    baseline_tree,
+    run_in,
+    write_results,
+)
+
 TARGET_REPLAY_EVENTS_PER_S = 100_000
 RUNS = 8
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_events(n: int, runs: int = RUNS) -> list[dict[str, Any]]:
@@ -110,39 +112,13 @@ def bench_replay(logs: Path, work: Path) -> dict[str, Any]:
     }
 
 
-class _Broker:
-    def __init__(self, store: Path) -> None:
-        ports = [_free_port() for _ in range(3)]
-        self.frontend, self.backend, self.replay = (f"tcp://127.0.0.1:{p}" for p in ports)
-        self.bus_file = store / "bus.json"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bus", "--store", str(store), "--frontend", self.frontend,
-             "--backend", self.backend, "--replay", self.replay],
-            cwd=ROOT, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while not self.bus_file.exists():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("the broker did not start")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def bench_catch_up(events: list[dict[str, Any]], work: Path) -> dict[str, Any]:
     from bus import BusClient, BusTracker
     from sinks.bus_source import BusSource
     from sinks.file_sink import FileSink
     from sinks.runtime import SinkRuntime
 
-    broker = _Broker(work / "store")
+    broker = BrokerProc(work / "store")
     try:
         tracker = BusTracker(bus=broker.bus_file)
         for e in events:
@@ -187,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--quick", action="store_true", help="fewer events (a smoke run)")
     ap.add_argument("--events", type=int, help="events per benchmark [200000, quick 40000]")
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "sinks.json"))
+    add_output_args(ap, "sinks")
+    ap.add_argument("--stdout-json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     n = args.events or (40_000 if args.quick else 200_000)
     events = make_events(n)
@@ -222,11 +199,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'benchmark':32} {'events/s':>12}  {'target':>12}  result")
     for name, rate, target, verdict in rows:
         print(f"{name:32} {rate:12,.0f}  {target:>12}  {verdict}")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    if args.stdout_json:  # a run for another design's side-by-side table
+        print(json.dumps(results))
+        return 0
+    if args.baseline.lower() != "none":
+        _side_by_side(results, args)
+    write_results(results, args.json)
     return 0
+
+
+def _side_by_side(results: dict[str, Any], args: argparse.Namespace) -> None:
+    """The same benchmarks on the previous design's tree, in a process of its own."""
+    try:
+        tree = baseline_tree(args.baseline)
+        argv = ["-m", "benchmarks.bench_sinks", "--stdout-json", "--baseline", "none"]
+        argv += ["--events", str(args.events)] if args.events else []
+        prev = run_in(tree, argv + (["--quick"] if args.quick else []))
+    except (RuntimeError, OSError, ValueError) as exc:
+        print(f"previous design skipped: {exc}")
+        return
+    results["baseline"] = {"ref": args.baseline, "results": prev}
+    print(f"\nside by side with the previous design ({args.baseline}), events/s")
+    print(f"{'benchmark':32} {'now':>12} {args.baseline:>12}  now/previous")
+    for key, name in (("replay_into_file", "replay JSONL -> file sink"),
+                      ("catch_up_into_file", "store catch-up -> file sink")):  # fmt: skip
+        now, before = results[key]["events_per_s"], prev[key]["events_per_s"]
+        print(f"{name:32} {now:12,.0f} {before:12,.0f}  {now / before:.2f}")
 
 
 if __name__ == "__main__":
