@@ -197,11 +197,24 @@ def _publisher_code() -> str:
     )
 
 
+def _settled_count(client: BusClient, quiet_s: float = 0.5, bound_s: float = 30.0) -> int:
+    """The store's event count once it stops growing: late events of an earlier
+    scenario (a SIGSTOPped broker catching up) must not count as this one's."""
+    count, since = client.stats()["stored"], time.monotonic()
+    deadline = since + bound_s
+    while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = client.stats()["stored"]
+        if now != count:
+            count, since = now, time.monotonic()
+    return count
+
+
 def bench_throughput(
     broker: BrokerProc, publishers: int, per_publisher: int, root: Path = ROOT
 ) -> dict[str, Any]:
     with BusClient(broker.backend, broker.replay, timeout_ms=30_000) as client:
-        before = client.stats()["stored"]
+        before = _settled_count(client)
         procs = [
             subprocess.Popen(
                 [sys.executable, "-c", _publisher_code(), broker.frontend]
