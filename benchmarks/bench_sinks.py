@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
+    ROOT,
     BrokerProc,
     add_output_args,
     baseline_tree,
@@ -234,8 +235,8 @@ def _side_by_side(n: int, args: argparse.Namespace) -> dict[str, Any]:
     keys = (("replay_into_file", "replay JSONL -> file sink"),
             ("catch_up_into_file", "store catch-up -> file sink"))  # fmt: skip
     rounds: list[tuple[dict[str, Any], dict[str, Any]]] = []
-    for _ in range(max(1, args.rounds)):
-        rounds.append((run_in(tree, argv), measure(n)))
+    for _ in range(max(1, args.rounds)):  # both in processes of their own, alike
+        rounds.append((run_in(tree, argv), run_in(ROOT, argv)))
     print(f"\nside by side with the previous design ({args.baseline}), events/s, "
           f"{len(rounds)} round(s) of previous then now")  # fmt: skip
     print(f"{'benchmark':32} {'now':>12} {args.baseline:>12}  now/previous (load average)")
@@ -246,7 +247,7 @@ def _side_by_side(n: int, args: argparse.Namespace) -> dict[str, Any]:
             ratios.append(a / b)
             print(f"{name:32} {a:12,.0f} {b:12,.0f}  {a / b:.2f} ({now['load_avg_1m']:.1f})")
         print(f"{'':32} {'':12} {'':12}  median {statistics.median(ratios):.2f}")
-    results = rounds[-1][1]
+    results = dict(rounds[-1][1])
     results["baseline"] = {"ref": args.baseline, "rounds": [prev for prev, _ in rounds],
                            "now_rounds": [now for _, now in rounds]}  # fmt: skip
     return results
