@@ -92,12 +92,12 @@ class BusTracker(EventTracker):
     backlog is drained for at most ``drain_budget_us`` per callback;
     ``on_stop`` and ``close`` wait for acknowledgements at most
     ``flush_timeout_ms``, and at most ``unreachable_ms`` while a broker never
-    reached refuses the connection, or the broker refuses this learner's key.  Every other callback is an
-    encode plus a non-blocking send.
+    reached refuses the connection, or the broker refuses this learner's key.
+    Every other callback is an encode plus a non-blocking send.
 
     Unacknowledged events are held in memory up to ``max_pending`` events /
     ``max_pending_bytes``; beyond that the oldest go to the fallback log.
-    ``fallback`` is the fallback directory (default :func:`default_fallback_dir`,
+    ``fallback`` is the fallback directory (default :func:`bus.fallback.default_fallback_dir`,
     or $ROSE_FALLBACK_DIR); ``fallback=False`` drops them instead (counted and
     warned).  ``spool=`` additionally appends *every* event to a local JSONL
     event log (a file, or a directory for one file per run).
