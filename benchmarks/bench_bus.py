@@ -3,8 +3,9 @@
 1. ``BusTracker.on_iteration`` with a 20-key state: median and p99, against the raw
    floor (msgpack of the same event + a non-blocking PUB send) measured here, with
    the broker up, down, SIGSTOPped, and with a SIGSTOPped sink subscribed; each
-   scenario runs the acknowledged tracker and, side by side, the previous design
-   (fire and forget, loaded from git history; ``--baseline REF`` to choose it).
+   scenario runs in a process of its own, for this design and, side by side, for
+   the previous one: the whole tree of ``--baseline REF`` (default
+   ``DEFAULT_BASELINE``, ``--baseline none`` to skip), imported in that process.
 2. Throughput learner -> broker -> store: events/s until the broker's store holds
    every event, with zero loss.
 3. End-to-end latency learner -> broker -> subscriber at a paced 1,000 events/s.
@@ -12,19 +13,17 @@
 The broker runs as its own process (``python -m bus``), as in production, so it
 does not share the learner's GIL.  Prints a table and writes JSON.
 
-    scripts/bench [--quick] [--json PATH]
+    scripts/bench bus [--quick] [--baseline REF] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,23 +35,26 @@ from typing import Any
 import msgpack
 import zmq
 
+from benchmarks.common import (
+    ROOT,
+    BrokerProc,
+    add_output_args,
+    baseline_tree,
+    env_for,
+    free_port,
+    run_in,
+    write_results,
+)
 from bus import BusClient, BusTracker
 from bus.wire import make_header, topic_for
 from rose.events import iteration_event
 from rose.tracking import EventContext, IterationState, PipelineManifest, delivering
 
-ROOT = Path(__file__).resolve().parents[1]
 TARGET_MEDIAN_RATIO = 2.0
 TARGET_P99_US = 100.0
 TARGET_EVENTS_PER_S = 50_000
 TARGET_LAT_P50_MS = 2.0
 TARGET_LAT_P99_MS = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _state(i: int) -> IterationState:
@@ -63,37 +65,6 @@ def _state(i: int) -> IterationState:
         metric_threshold=0.01,
         state={f"metric_{k}": k * 0.25 + i for k in range(20)},
     )
-
-
-class BrokerProc:
-    def __init__(self, store: Path) -> None:
-        self.ports = [_free_port() for _ in range(3)]
-        self.frontend, self.backend, self.replay = (f"tcp://127.0.0.1:{p}" for p in self.ports)
-        self.store = store
-        bus_file = store / "bus.json"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bus", "--store", str(store), "--frontend", self.frontend,
-             "--backend", self.backend, "--replay", self.replay],
-            cwd=ROOT, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while not bus_file.exists():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("the broker did not start")
-            time.sleep(0.02)
-
-    def signal(self, sig: int) -> None:
-        os.kill(self.proc.pid, sig)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def _stats(samples_ns: list[int]) -> dict[str, float]:
@@ -145,49 +116,10 @@ def bench_floor(endpoint: str, n: int) -> dict[str, float]:
         ctx.term()
 
 
-def previous_tracker(ref: str | None) -> tuple[type | None, str]:
-    """The BusTracker class of the previous design (before acknowledgements), from git.
-
-    ``ref`` names a commit; by default the newest commit whose bus/tracker.py has
-    no acknowledgements.  Returns (None, why) when git or the history is missing.
-    """
-    git = ["git", "-C", str(ROOT)]
-    try:
-        if ref is None:
-            commits = subprocess.run(
-                [*git, "log", "--format=%H", "-n", "50", "--", "bus/tracker.py"],
-                capture_output=True, text=True, check=True,
-            ).stdout.split()  # fmt: skip
-            for commit in commits:
-                text = subprocess.run(
-                    [*git, "show", f"{commit}:bus/tracker.py"],
-                    capture_output=True, text=True, check=True,
-                ).stdout  # fmt: skip
-                if "parse_ack" not in text:
-                    ref = commit
-                    break
-            else:
-                return None, "no earlier bus/tracker.py in the git history"
-        source = subprocess.run(
-            [*git, "show", f"{ref}:bus/tracker.py"], capture_output=True, text=True, check=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:
-        return None, f"git: {exc}"
-    path = Path(tempfile.mkdtemp(prefix="rose-bench-prev-")) / "previous_tracker.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("previous_tracker", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.BusTracker.source_path = str(path)  # for publisher processes
-    return module.BusTracker, ref[:12]
-
-
 def bench_tracker(
     endpoint: str,
     n: int,
     after_start: Callable[[], None] | None = None,
-    tracker_cls: type = BusTracker,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Time on_iteration as a learner drives it: under the learner's event context.
@@ -195,7 +127,7 @@ def bench_tracker(
     The learner stamps one context per callback for all its trackers, so that
     stamping is outside the timed region; everything the tracker does is inside.
     """
-    tracker = tracker_cls(endpoint, start_wait_ms=2000, flush_timeout_ms=200, **kwargs)
+    tracker = BusTracker(endpoint, start_wait_ms=2000, flush_timeout_ms=200, **kwargs)
     run = "bench-" + str(os.getpid())
     with delivering(EventContext(run=run, seq=0, ts=time.time(), origin={})):
         tracker.on_start(PipelineManifest(learner_type="Bench"))
@@ -226,6 +158,13 @@ def bench_tracker(
     return result
 
 
+def _one_scenario(spec: dict[str, Any]) -> dict[str, Any]:
+    """One on_iteration scenario in this process (``--one SPEC``): SIGSTOP ``stop_pid`` after start."""
+    pid = spec.get("stop_pid")
+    after = None if pid is None else lambda: os.kill(pid, signal.SIGSTOP)
+    return bench_tracker(spec["endpoint"], spec["n"], after, fallback=spec["fallback"])
+
+
 def _sink_process(backend: str) -> subprocess.Popen:
     code = (
         "import sys, zmq\n"
@@ -242,17 +181,9 @@ def _sink_process(backend: str) -> subprocess.Popen:
     return proc
 
 
-def _publisher_code(tracker_path: str | None = None) -> str:
-    load = "from bus import BusTracker\n"
-    if tracker_path is not None:  # the previous design, from its source file
-        load = (
-            "import importlib.util\n"
-            f"spec = importlib.util.spec_from_file_location('previous_tracker', {tracker_path!r})\n"
-            "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
-            "BusTracker = mod.BusTracker\n"
-        )
+def _publisher_code() -> str:
     return (
-        "import sys\n" + load + "from benchmarks.bench_bus import _state\n"
+        "import sys\nfrom bus import BusTracker\nfrom benchmarks.bench_bus import _state\n"
         "from rose.tracking import PipelineManifest\n"
         "n = int(sys.argv[2])\n"
         "t = BusTracker(sys.argv[1], start_wait_ms=5000, flush_timeout_ms=60000,"
@@ -266,16 +197,30 @@ def _publisher_code(tracker_path: str | None = None) -> str:
     )
 
 
+def _settled_count(client: BusClient, quiet_s: float = 0.5, bound_s: float = 30.0) -> int:
+    """The store's event count once it stops growing: late events of an earlier
+    scenario (a SIGSTOPped broker catching up) must not count as this one's."""
+    count, since = client.stats()["stored"], time.monotonic()
+    deadline = since + bound_s
+    while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = client.stats()["stored"]
+        if now != count:
+            count, since = now, time.monotonic()
+    return count
+
+
 def bench_throughput(
-    broker: BrokerProc, publishers: int, per_publisher: int, tracker_path: str | None = None
+    broker: BrokerProc, publishers: int, per_publisher: int, root: Path = ROOT
 ) -> dict[str, Any]:
     with BusClient(broker.backend, broker.replay, timeout_ms=30_000) as client:
-        before = client.stats()["stored"]
+        before = _settled_count(client)
         procs = [
             subprocess.Popen(
-                [sys.executable, "-c", _publisher_code(tracker_path), broker.frontend]
+                [sys.executable, "-c", _publisher_code(), broker.frontend]
                 + [str(per_publisher)],
-                cwd=ROOT,
+                cwd=root,
+                env=env_for(root),
                 stdout=subprocess.PIPE,
                 text=True,
             )  # fmt: skip
@@ -352,12 +297,20 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "bus.json"))
-    ap.add_argument(
-        "--baseline", metavar="REF", help="git commit of the previous design to compare with"
-    )
+    add_output_args(ap, "bus")
+    ap.add_argument("--one", metavar="SPEC", help=argparse.SUPPRESS)  # one scenario, as JSON
     args = ap.parse_args(argv)
-    previous, baseline = previous_tracker(args.baseline)
+    if args.one:
+        print(json.dumps(_one_scenario(json.loads(args.one))))
+        return 0
+    designs: list[tuple[str, Path]] = [("now", ROOT)]
+    baseline = None
+    if args.baseline.lower() != "none":
+        try:
+            designs.append((args.baseline, baseline_tree(args.baseline)))
+            baseline = args.baseline
+        except RuntimeError as exc:
+            print(f"previous design skipped: {exc}")
     n = 5_000 if args.quick else 20_000
     per_pub = 20_000 if args.quick else 100_000
 
@@ -369,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "samples": n,
         "baseline": baseline,
+        "load_avg_1m": os.getloadavg()[0],
     }
     with tempfile.TemporaryDirectory(prefix="rose-bench-") as tmp:
         broker = BrokerProc(Path(tmp) / "store")
@@ -376,19 +330,22 @@ def main(argv: list[str] | None = None) -> int:
             floor = bench_floor(broker.frontend, n)
             results["floor"] = floor
             scen: dict[str, Any] = {}
-            fallback = Path(tmp) / "fallback"
-            designs: list[tuple[str, type, dict[str, Any]]] = [
-                ("acks", BusTracker, {"fallback": fallback})
-            ]
-            if previous is not None:
-                designs.append(("previous", previous, {}))
+            fallback = str(Path(tmp) / "fallback")
 
-            def run(name: str, endpoint: str, after: Callable[[], None] | None = None) -> None:
-                for design, cls, kw in designs:  # side by side, same conditions
-                    scen[f"{name} [{design}]"] = bench_tracker(endpoint, n, after, cls, **kw)
+            def run(name: str, endpoint: str, stop_broker: bool = False) -> None:
+                for design, root in designs:  # side by side, same conditions
+                    spec = {"endpoint": endpoint, "n": n, "fallback": fallback,
+                            "stop_pid": broker.proc.pid if stop_broker else None}  # fmt: skip
+                    try:  # stopped after the tracker connected: its socket fills, then the queue
+                        scen[f"{name} [{design}]"] = run_in(
+                            root, ["-m", "benchmarks.bench_bus", "--one", json.dumps(spec)]
+                        )
+                    finally:
+                        if stop_broker:
+                            broker.signal(signal.SIGCONT)
 
             run("broker up", broker.frontend)
-            run("broker down", f"tcp://127.0.0.1:{_free_port()}")
+            run("broker down", f"tcp://127.0.0.1:{free_port()}")
             sink = _sink_process(broker.backend)
             try:
                 sink.send_signal(signal.SIGSTOP)
@@ -398,25 +355,14 @@ def main(argv: list[str] | None = None) -> int:
                 sink.kill()
                 sink.wait()
                 sink.stdout.close()
-            for design, cls, kw in designs:
-                try:  # stopped after the tracker connected: its socket fills, then the queue
-                    scen[f"broker SIGSTOPped [{design}]"] = bench_tracker(
-                        broker.frontend,
-                        n,
-                        lambda: broker.signal(signal.SIGSTOP),
-                        cls,
-                        **kw,
-                    )
-                finally:
-                    broker.signal(signal.SIGCONT)
+            run("broker SIGSTOPped", broker.frontend, stop_broker=True)
             for r in scen.values():
                 r["median_ratio"] = r["median_us"] / floor["median_us"]
             results["on_iteration"] = scen
             results["throughput"] = []
             for pubs in (1, 2):
-                for design, cls, _kw in designs:
-                    path = getattr(cls, "source_path", None)
-                    t = bench_throughput(broker, pubs, per_pub // pubs, path)
+                for design, root in designs:
+                    t = bench_throughput(broker, pubs, per_pub // pubs, root)
                     t["design"] = design
                     results["throughput"].append(t)
             results["latency_1k_per_s"] = bench_latency(broker, 2000 if args.quick else 5000)
@@ -424,10 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             broker.stop()
 
     _print(results)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    write_results(results, args.json)
     return 0
 
 
@@ -435,7 +378,7 @@ def _print(r: dict[str, Any]) -> None:
     f = r["floor"]
     print(f"\nBusTracker.on_iteration, 20-key state, {r['samples']} calls "
           f"(floor: msgpack + PUB send = {f['median_us']:.2f} us median, {f['p99_us']:.2f} us p99)")  # fmt: skip
-    print(f"previous design: {r.get('baseline')}")
+    print(f"previous design: {r.get('baseline')}; load average {r['load_avg_1m']:.1f}")
     head = (
         f"{'scenario':<30} {'median us':>10} {'x floor':>8} {'p99 us':>8} {'sent':>7} "
         f"{'acked':>7} {'fallback':>8} {'dropped':>8}  target"

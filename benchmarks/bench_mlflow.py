@@ -29,7 +29,6 @@ the server), sink / MLflow's best loop (target >= 1 on SQLite).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -40,10 +39,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import ROOT, write_results
 from rose.events import iteration_event, start_event, stop_event, to_json_line
 from rose.tracking import EventContext, IterationState, PipelineManifest, delivering
 
-ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO_TRACKER = 10.0
 TARGET_END_OVER_START = 0.8
 STATE_KEYS = 20  # + the criterion metric: 21 metrics per iteration
@@ -381,10 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             backends.close()
     _print(results)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    write_results(results, args.json)
     return 0
 
 

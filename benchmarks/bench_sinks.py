@@ -11,7 +11,12 @@
 Events are iteration events with a 20-key state, like the bus benchmarks.
 Prints a table and writes JSON; run it alone or through scripts/bench.
 
-    python -m benchmarks.bench_sinks [--quick] [--json PATH]
+    python -m benchmarks.bench_sinks [--quick] [--baseline REF] [--json PATH]
+
+With ``--baseline REF`` (default ``DEFAULT_BASELINE``; ``none`` to skip) the same
+benchmarks run in turn on the whole tree of that commit, the previous design (in
+a process of their own), and on this one, ``--rounds`` times; a table puts both
+side by side, round by round.
 """
 
 from __future__ import annotations
@@ -22,9 +27,7 @@ import gc
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
+import statistics
 import sys
 import tempfile
 import threading
@@ -32,15 +35,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import (
+    ROOT,
+    BrokerProc,
+    add_output_args,
+    baseline_tree,
+    run_in,
+    write_results,
+)
+
 TARGET_REPLAY_EVENTS_PER_S = 100_000
 RUNS = 8
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_events(n: int, runs: int = RUNS) -> list[dict[str, Any]]:
@@ -110,39 +115,13 @@ def bench_replay(logs: Path, work: Path) -> dict[str, Any]:
     }
 
 
-class _Broker:
-    def __init__(self, store: Path) -> None:
-        ports = [_free_port() for _ in range(3)]
-        self.frontend, self.backend, self.replay = (f"tcp://127.0.0.1:{p}" for p in ports)
-        self.bus_file = store / "bus.json"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bus", "--store", str(store), "--frontend", self.frontend,
-             "--backend", self.backend, "--replay", self.replay],
-            cwd=ROOT, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while not self.bus_file.exists():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("the broker did not start")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def bench_catch_up(events: list[dict[str, Any]], work: Path) -> dict[str, Any]:
     from bus import BusClient, BusTracker
     from sinks.bus_source import BusSource
     from sinks.file_sink import FileSink
     from sinks.runtime import SinkRuntime
 
-    broker = _Broker(work / "store")
+    broker = BrokerProc(work / "store")
     try:
         tracker = BusTracker(bus=broker.bus_file)
         for e in events:
@@ -181,15 +160,8 @@ def bench_catch_up(events: list[dict[str, Any]], work: Path) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--quick", action="store_true", help="fewer events (a smoke run)")
-    ap.add_argument("--events", type=int, help="events per benchmark [200000, quick 40000]")
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "sinks.json"))
-    args = ap.parse_args(argv)
-    n = args.events or (40_000 if args.quick else 200_000)
+def measure(n: int) -> dict[str, Any]:
+    """Both benchmarks over ``n`` events, in this process's design."""
     events = make_events(n)
     total = len(events)
     results: dict[str, Any] = {
@@ -210,23 +182,75 @@ def main(argv: list[str] | None = None) -> int:
         os.sync()
         results["replay_into_file"] = bench_replay(work / "c" / "caught-up", work / "r")
     replay = results["replay_into_file"]
-    catch = results["catch_up_into_file"]
     replay["target_events_per_s"] = TARGET_REPLAY_EVENTS_PER_S
     replay["meets_target"] = replay["events_per_s"] >= TARGET_REPLAY_EVENTS_PER_S
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="fewer events (a smoke run)")
+    ap.add_argument("--events", type=int, help="events per benchmark [200000, quick 40000]")
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="with a baseline: rounds of previous, then this [2]"
+    )
+    add_output_args(ap, "sinks")
+    ap.add_argument("--stdout-json", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    n = args.events or (40_000 if args.quick else 200_000)
+    if args.stdout_json:  # one run for another process's side-by-side table
+        print(json.dumps(measure(n)))
+        return 0
+    side_by_side = args.baseline.lower() != "none"
+    results = _side_by_side(n, args) if side_by_side else measure(n)
+    replay = results["replay_into_file"]
+    catch = results["catch_up_into_file"]
     rows = [
         ("replay JSONL -> file sink", replay["events_per_s"], f">= {TARGET_REPLAY_EVENTS_PER_S:,}",
          "ok" if replay["meets_target"] and replay["identical_output"] else "MISS"),
         ("store catch-up -> file sink", catch["events_per_s"], "", "ok" if catch["zero_loss"] else "LOSS"),
     ]  # fmt: skip
-    print(f"sinks: {total:,} events of {RUNS} runs (20-key iteration states)")
+    print(f"\nsinks: {results['events']:,} events of {RUNS} runs (20-key iteration states)")
     print(f"{'benchmark':32} {'events/s':>12}  {'target':>12}  result")
     for name, rate, target, verdict in rows:
         print(f"{name:32} {rate:12,.0f}  {target:>12}  {verdict}")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(results, args.json)
     return 0
+
+
+def _side_by_side(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Rounds of the previous design's tree (a process of its own), then this one, in turn.
+
+    Alternating spreads a changing machine load over both designs; the table
+    shows every round and the median ratio.  Returns this design's last round.
+    """
+    try:
+        tree = baseline_tree(args.baseline)
+    except RuntimeError as exc:
+        print(f"previous design skipped: {exc}")
+        return measure(n)
+    argv = ["-m", "benchmarks.bench_sinks", "--stdout-json", "--events", str(n)]
+    keys = (("replay_into_file", "replay JSONL -> file sink"),
+            ("catch_up_into_file", "store catch-up -> file sink"))  # fmt: skip
+    rounds: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    for _ in range(max(1, args.rounds)):  # both in processes of their own, alike
+        rounds.append((run_in(tree, argv), run_in(ROOT, argv)))
+    print(f"\nside by side with the previous design ({args.baseline}), events/s, "
+          f"{len(rounds)} round(s) of previous then now")  # fmt: skip
+    print(f"{'benchmark':32} {'now':>12} {args.baseline:>12}  now/previous (load average)")
+    for key, name in keys:
+        ratios = []
+        for prev, now in rounds:
+            a, b = now[key]["events_per_s"], prev[key]["events_per_s"]
+            ratios.append(a / b)
+            print(f"{name:32} {a:12,.0f} {b:12,.0f}  {a / b:.2f} ({now['load_avg_1m']:.1f})")
+        print(f"{'':32} {'':12} {'':12}  median {statistics.median(ratios):.2f}")
+    results = dict(rounds[-1][1])
+    results["baseline"] = {"ref": args.baseline, "rounds": [prev for prev, _ in rounds],
+                           "now_rounds": [now for _, now in rounds]}  # fmt: skip
+    return results
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
+from rose.logonce import RepeatLog
+
 log = logging.getLogger(__name__)
 
 #: Environment variables clients read when no argument is given.
@@ -44,6 +46,8 @@ SECRET_SUFFIX = ".key_secret"
 AUTHORIZED_DIR = "authorized"
 #: How often the broker looks for added or removed authorized keys.
 RELOAD_INTERVAL_S = 2.0
+#: Unknown keys remembered (each told once, then counted); beyond, refusals are only counted.
+MAX_REFUSED_KEYS = 10_000
 
 _Z85_LEN = 40
 
@@ -270,7 +274,7 @@ class Authorizer:
         self._keys = load_authorized_keys(self.directory)
         self._stamp = self._dir_stamp()
         self._lock = threading.Lock()
-        self._refused: dict[bytes, int] = {}
+        self._refused = RepeatLog(log)  # by key: the first refusal of each is told
         self.denied = 0
         self.allowed = 0
         self._auth: ThreadAuthenticator | None = None
@@ -302,16 +306,14 @@ class Authorizer:
             return True
         with self._lock:
             self.denied += 1
-            seen = self._refused.get(key, 0)
-            if len(self._refused) < 10_000 or seen:
-                self._refused[key] = seen + 1
-        if not seen:
-            log.warning(
-                "refused a client with an unknown CURVE key %s (not in %s); further "
-                "attempts with this key are only counted",
-                key.decode(errors="replace"),
-                self.directory,
-            )
+            if len(self._refused.counts) < MAX_REFUSED_KEYS or key in self._refused.counts:
+                self._refused(
+                    key,
+                    "refused a client with an unknown CURVE key %s (not in %s); further "
+                    "attempts with this key are only counted",
+                    key.decode(errors="replace"),
+                    self.directory,
+                )
         return False
 
     def _dir_stamp(self) -> tuple[int, int]:
@@ -347,7 +349,7 @@ class Authorizer:
     def refused(self) -> dict[str, int]:
         """Refused handshakes per unknown key (z85 text)."""
         with self._lock:
-            return {k.decode(errors="replace"): n for k, n in self._refused.items()}
+            return {k.decode(errors="replace"): n for k, n in self._refused.counts.items()}
 
 
 __all__ = [

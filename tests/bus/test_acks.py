@@ -252,7 +252,7 @@ def test_broker_down_memory_stays_bounded_and_the_fallback_log_holds_all(_fallba
     tracker.on_start(MANIFEST)
     for i in range(999):
         tracker.on_iteration(_state(i))
-        assert len(tracker._unacked) <= 100 and len(tracker._pending) <= 100
+        assert len(tracker._box.unacked) <= 100 and len(tracker._box.pending) <= 100
     tracker.close()
     assert tracker.fallback == 1000 and tracker.dropped == 0
     logged = read_events(_fallback_dir / f"{tracker._own_run}.jsonl")

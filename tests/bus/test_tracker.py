@@ -49,7 +49,7 @@ def test_a_stalled_broker_fills_the_bounded_buffer_then_the_fallback_log(
         for i in range(n - 2):
             tracker.on_iteration(_state(i))
             # memory stays bounded: the rest is on disk
-            assert len(tracker._unacked) <= 500 and len(tracker._pending) <= 500
+            assert len(tracker._box.unacked) <= 500 and len(tracker._box.pending) <= 500
         tracker.on_stop(None, "max_iter_reached")
         tracker.close()
     assert tracker.subscriptions == 1
@@ -175,3 +175,36 @@ def test_spool_path_ending_in_slash_is_a_directory(tmp_path):
     t.close()
     (log,) = (tmp_path / "spool").iterdir()
     assert log.suffix == ".jsonl"
+
+
+def test_the_spool_writes_each_event_as_it_was_sent(tmp_path):
+    """Written from the event the tracker built (no msgpack round trip), except where the
+    learner may still change a value in place (an array): those lines come from the sent bytes."""
+    import numpy as np
+
+    from rose.events import decode, encode, from_json_line, iteration_event, to_json_line
+    from rose.tracking import EventContext, delivering
+
+    spool = tmp_path / "spool.jsonl"
+    tracker = BusTracker(f"tcp://127.0.0.1:{free_port()}", spool=spool, start_wait_ms=0,
+                         flush_timeout_ms=0, fallback=tmp_path / "fallback")  # fmt: skip
+    weights = np.zeros(4)
+    sent = []
+    for i in range(3):
+        ctx = EventContext(run="spooled", seq=i, ts=1.0 + i)
+        state = IterationState(iteration=i, state={"loss": 0.5 / (i + 1), "w": weights,
+                                                   "nested": {"k": [i, "x", None]}})  # fmt: skip
+        sent.append(decode(encode(iteration_event(ctx, state))))
+        with delivering(ctx):
+            tracker.on_iteration(state)
+        weights += 1.0  # the learner changes its array in place after the callback
+    external = dict(sent[2], seq=3)
+    tracker.emit(external)  # not built by the tracker: written from its bytes
+    external["body"] = {}  # ... so changing it afterwards changes nothing
+    tracker.close()
+    lines = spool.read_text().splitlines(keepends=True)
+    assert lines == [to_json_line(e) for e in [*sent, dict(sent[2], seq=3)]]
+    assert [from_json_line(line)["body"]["state"]["w"].tolist() for line in lines[:3]] == [
+        [0.0] * 4, [1.0] * 4, [2.0] * 4
+    ]
+    assert tracker.spooled == 4 and tracker.dropped == 0
