@@ -25,12 +25,13 @@ own :class:`~sinks.base.RunSink`:
   checkpoints and returns.
 
 The loop runs on the caller's thread (backend calls on workers, one call per
-run at a time); ``stop()`` may come from any thread.  Its parts, each in the
-module named for its job: the knobs, retry policy and counters
-(:mod:`sinks.runconfig`), a run's position and ordering buffer
-(:mod:`sinks.runstate`), backend calls and their deadline
-(:mod:`sinks.calls`), gap filling (:mod:`sinks.gaps`) and the status file
-(:mod:`sinks.runstatus`); the checkpoint is written here.
+run at a time); ``stop()`` may come from any thread.  This module is that
+loop; its parts are in modules named for their jobs: the knobs, backoff and
+counters (:mod:`sinks.runconfig`), the runs and their ordering buffers
+(:mod:`sinks.runstate`), backend calls and their deadline (:mod:`sinks.calls`),
+what a call's answer means: go on, retry, skip (:mod:`sinks.retry`), gaps
+(:mod:`sinks.gaps`), the checkpoint (:mod:`sinks.checkpoint`) and the status
+file (:mod:`sinks.runstatus`).
 """
 
 from __future__ import annotations
