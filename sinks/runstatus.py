@@ -17,6 +17,7 @@ from typing import Any
 from sinks.base import Sink
 from sinks.runconfig import Counters
 from sinks.runstate import RunState
+from sinks.sources import EventSource
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +30,26 @@ STATUS_LIST_SHOWN = 20
 class StatusReport:
     """Builds the status of one runtime; remembers its last build for per-run rates."""
 
-    def __init__(self, name: str, sink: Sink) -> None:
+    def __init__(self, name: str, sink: Sink, source: EventSource) -> None:
         self.name = name
         self.sink = sink
+        self.source = source
         self.started = time.time()
+        #: The source's newest offset when last asked (asked while the sink runs).
+        self.head: int | None = None
         self._last_t: float | None = None
 
     def build(self, runs: dict[str, RunState], now: float, *, phase: str,
-              store_id: str | None, offset: int, head: int | None,
-              latency_s: float | None, counters: Counters, interval_s: float,
+              store_id: str | None, offset: int, latency_s: float | None, counters: Counters, interval_s: float,
               deadline_s: float, gap_reports: list[dict[str, Any]],
               losses: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
-        """The status as plain data; ``head`` is the source's newest offset, if known."""
+        """The status as plain data; ``offset`` is the next one the sink reads."""
+        if phase == "running":
+            try:
+                self.head = self.source.head_offset()
+            except Exception as exc:  # a status probe must never stop the sink
+                log.debug("head_offset failed: %s", exc)
+        head = self.head
         lag = sum(len(r.pending) for r in runs.values())
         if head is not None:
             lag += max(0, head + 1 - offset)

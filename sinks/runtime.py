@@ -110,7 +110,6 @@ class SinkRuntime:
         self._draining = False
         self._next_ckpt = 0.0
         self._next_status = 0.0
-        self._head: int | None = None
         self._last_latency_s: float | None = None
         self._phase = "starting"
         self._ckpt = Checkpointer(self.name, state_dir, source, self.counters)
@@ -125,7 +124,7 @@ class SinkRuntime:
             self.name, source, self.config, self.counters,
             lambda item: self.runs.accept(item, fill=True), refetchable,
         )  # fmt: skip
-        self._report = StatusReport(self.name, sink)
+        self._report = StatusReport(self.name, sink, source)
         self._retries = Retries(
             self.name, self.config, self.counters, clock, self._ready, self._applied,
             self._moved, self._close_backend,
@@ -300,15 +299,10 @@ class SinkRuntime:
 
     def status(self) -> dict[str, Any]:
         """Counters, lag and the most recently active runs, as plain data."""
-        if self._phase == "running":
-            try:
-                self._head = self.source.head_offset()
-            except Exception as exc:  # a status probe must never stop the sink
-                log.debug("head_offset failed: %s", exc)
         cfg = self.config
         return self._report.build(
             self._runs, self._clock(), phase=self._phase, store_id=self._store_id,
-            offset=self._offset, head=self._head, latency_s=self._last_latency_s,
+            offset=self._offset, latency_s=self._last_latency_s,
             counters=self.counters, interval_s=cfg.status_interval_ms / 1000.0,
             deadline_s=cfg.call_deadline_ms / 1000.0, gap_reports=self._gaps.reports,
             losses=self._ckpt.losses,
