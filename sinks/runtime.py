@@ -118,7 +118,6 @@ class SinkRuntime:
             self.name, self.config, self.counters, refetchable=refetchable,
             first_seq=lambda name: self._ckpt.runs.pop(name, 0), opened=self._open_backend,
         )  # fmt: skip
-        self._runs, self._ready = self.runs.by_name, self.runs.ready
         self._calls = Workers(self.name)
         self._gaps = GapFiller(
             self.name, source, self.config, self.counters,
@@ -126,7 +125,7 @@ class SinkRuntime:
         )  # fmt: skip
         self._report = StatusReport(self.name, sink, source)
         self._retries = Retries(
-            self.name, self.config, self.counters, clock, self._ready, self._applied,
+            self.name, self.config, self.counters, clock, self.runs.ready, self._applied,
             self._moved, self._close_backend,
         )  # fmt: skip
 
@@ -243,15 +242,15 @@ class SinkRuntime:
     def _drain(self) -> None:
         """A bounded source ended: apply everything left, waiting out retries."""
         self._draining = True
-        while self._ready and not self._stop.is_set():
+        while self.runs.ready and not self._stop.is_set():
             self._pump()
-            if not self._ready:
+            if not self.runs.ready:
                 break
             self._tick()
             self._wait_for_retry()
 
     def _wait_for_retry(self) -> None:
-        runs = [r for name in self._ready if (r := self._runs.get(name))]
+        runs = [r for name in self.runs.ready if (r := self.runs.by_name.get(name))]
         calls = [r.call for r in runs if r.call is not None]
         waits = [r.retry_at for r in runs if r.call is None]
         delay = 0.5 if not waits else min(max(0.0, min(waits) - self._clock()), 0.5)
@@ -286,7 +285,7 @@ class SinkRuntime:
             self._next_status = now + self.config.status_interval_ms / 1000.0
 
     def _checkpoint(self) -> None:
-        if self._ckpt.save(self._store_id, self._offset, self._runs.values()):
+        if self._ckpt.save(self._store_id, self._offset, self.runs):
             self._dirty = False
 
     def _write_status(self) -> None:
@@ -301,7 +300,7 @@ class SinkRuntime:
         """Counters, lag and the most recently active runs, as plain data."""
         cfg = self.config
         return self._report.build(
-            self._runs, self._clock(), phase=self._phase, store_id=self._store_id,
+            self.runs.by_name, self._clock(), phase=self._phase, store_id=self._store_id,
             offset=self._offset, latency_s=self._last_latency_s,
             counters=self.counters, interval_s=cfg.status_interval_ms / 1000.0,
             deadline_s=cfg.call_deadline_ms / 1000.0, gap_reports=self._gaps.reports,
@@ -310,11 +309,11 @@ class SinkRuntime:
 
     def _shutdown(self) -> None:
         self._wait_for_calls()
-        for run in self._runs.values():
+        for run in self.runs:
             if run.backend is not None and run.call is None:
                 safe_flush(run)
         self._checkpoint()
-        for run in self._runs.values():
+        for run in self.runs:
             if run.call is None:
                 self._close_backend(run)
         self._calls.stop()
@@ -331,7 +330,7 @@ class SinkRuntime:
     def _wait_for_calls(self) -> None:
         """Give set-aside calls a bounded moment to answer; leave the rest behind."""
         deadline = self._clock() + SHUTDOWN_CALL_WAIT_S
-        for run in self._runs.values():
+        for run in self.runs:
             call = run.call
             if call is None:
                 continue
@@ -359,7 +358,7 @@ class SinkRuntime:
             return call
         # Set the run aside with this worker; the next call gets a new one.
         run.call, run.worker = call, worker
-        self._ready.add(run.name)
+        self.runs.ready.add(run.name)
         log.debug("%s: run %s: %s call set aside while it runs", self.name, run.name, what)
         return None
 
@@ -397,14 +396,14 @@ class SinkRuntime:
 
     def _pump(self) -> None:
         now = self._clock()
-        for name in list(self._ready):
-            run = self._runs.get(name)
+        for name in list(self.runs.ready):
+            run = self.runs.by_name.get(name)
             if run is None:
-                self._ready.discard(name)
+                self.runs.ready.discard(name)
                 continue
             self._advance(run, now)
             if not run.has_work:
-                self._ready.discard(name)
+                self.runs.ready.discard(name)
 
     def _advance(self, run: RunState, now: float, *, finish_only: bool = False) -> None:
         call = run.call
