@@ -22,7 +22,8 @@ import logging
 from typing import Any
 
 from sinks.base import Sink
-from sinks.runtime import CALL_WAIT_S, SinkRuntime, _apply_args, _Call, _Worker
+from sinks.calls import CALL_WAIT_S, Call, apply_args
+from sinks.runtime import SinkRuntime
 from sinks.sources import EventSource
 
 log = logging.getLogger(__name__)
@@ -42,17 +43,8 @@ class ConcurrentRuntime(SinkRuntime):
         if not 1 <= workers <= MAX_WORKERS:
             raise ValueError(f"workers must be between 1 and {MAX_WORKERS}")
         self.workers = workers
-        self._pull_limit = self.config.max_batch * max(workers, MIN_PULL_BATCHES)
-        self._started = 0
-
-    def _pull(self, stream: Any) -> bool:
         # Enough events per round for every worker to get a full batch of its run.
-        max_batch = self.config.max_batch
-        self.config.max_batch = self._pull_limit
-        try:
-            return super()._pull(stream)
-        finally:
-            self.config.max_batch = max_batch
+        self.pull_limit = self.config.max_batch * max(workers, MIN_PULL_BATCHES)
 
     def _pump(self) -> None:
         if self.workers > 1:
@@ -66,24 +58,20 @@ class ConcurrentRuntime(SinkRuntime):
         keeps waiting (and reports a hung call) as for any set-aside call.
         """
         now = self._clock()
-        in_flight = sum(1 for r in self._runs.values() if r.call is not None)
-        calls: list[_Call] = []
-        for name in list(self._ready):
+        in_flight = sum(1 for r in self.runs if r.call is not None)
+        calls: list[Call] = []
+        for name in list(self.runs.ready):
             if in_flight + len(calls) >= self.workers:
                 break
-            run = self._runs.get(name)
+            run = self.runs.by_name.get(name)
             if run is None or run.call is not None or run.backend is None or run.retry_at > now:
                 continue
-            batch = self._next_batch(run)
+            batch = run.next_batch(self.config.max_batch)
             if not batch:
                 continue
             run.gap_since = None
-            call = _Call(run.backend.apply, _apply_args(batch), "apply", batch)
-            call.started = now
-            self._started += 1
-            worker = _Worker(f"rose-sink-{self.name}-w{self._started}")
-            worker.submit(call)
-            run.call, run.worker = call, worker
+            call = Call(run.backend.apply, apply_args(batch), "apply", batch, now)
+            run.call, run.worker = call, self._calls.start_own(call)
             calls.append(call)
         deadline = now + min(CALL_WAIT_S, self.config.call_deadline_ms / 1000.0)
         for call in calls:

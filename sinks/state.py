@@ -23,6 +23,32 @@ LOCK_FILE = "lock"
 CHECKPOINT_VERSION = 1
 
 
+def _lock(path: Path) -> tuple[int | None, str]:
+    """Take an exclusive flock on ``path`` and write our pid into it.
+
+    ``(fd, "")`` when taken; ``(None, pid)`` with the holder's pid when another
+    process has it.
+    """
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        return None, holder
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd, ""
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 class StateDirBusy(RuntimeError):
     """Another live process holds this state directory."""
 
@@ -45,27 +71,17 @@ class OutputLock:
 
     def acquire(self) -> None:
         """Take the lock; raise OutputBusy (message with the holder's pid) when taken."""
-        import fcntl
-
         if self._fd is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise OutputBusy(self.busy_message.format(pid=holder)) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        fd, holder = _lock(self.path)
+        if fd is None:
+            raise OutputBusy(self.busy_message.format(pid=holder))
         self._fd = fd
 
     def release(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
+        _unlock(self._fd)
+        self._fd = None
 
 
 class StateDir:
@@ -79,28 +95,18 @@ class StateDir:
 
     def acquire(self) -> None:
         """Create the directory and lock it; raise StateDirBusy if another sink has it."""
-        import fcntl
-
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
+        fd, holder = _lock(self.path / LOCK_FILE)
+        if fd is None:
             raise StateDirBusy(
                 f"state directory {self.path} is in use by another sink (pid {holder}); "
                 "give each sink its own --state DIR"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+            )
         self._lock_fd = fd
 
     def release(self) -> None:
-        if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._lock_fd)
-            self._lock_fd = None
+        _unlock(self._lock_fd)
+        self._lock_fd = None
 
     def load_checkpoint(self) -> dict[str, Any]:
         data = read_json(self.checkpoint_path)

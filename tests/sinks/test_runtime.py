@@ -244,6 +244,21 @@ def test_state_dir_is_exclusive(tmp_path):
         first.release()
 
 
+def test_output_lock_names_its_holder_and_is_free_again_after_release(tmp_path):
+    import os
+
+    from sinks.state import OutputBusy, OutputLock
+
+    first = OutputLock(tmp_path / "out.lock", "written by pid {pid}")
+    first.acquire()
+    second = OutputLock(tmp_path / "out.lock", "written by pid {pid}")
+    with pytest.raises(OutputBusy, match=f"written by pid {os.getpid()}$"):
+        second.acquire()
+    first.release()
+    second.acquire()  # the holder let go: taken at once
+    second.release()
+
+
 def test_backend_that_cannot_open_is_retried():
     class Flaky(Sink):
         name = "flaky"
@@ -275,6 +290,16 @@ def test_config_validation():
         RuntimeConfig(max_attempts=0)
     with pytest.raises(ValueError):
         RuntimeConfig(max_batch=0)
+
+
+def test_retry_backoff_doubles_up_to_its_cap_and_a_backend_hint_only_lengthens_it():
+    cfg = RuntimeConfig(retry_initial_ms=100, retry_max_ms=1000, max_attempts=3)
+    assert [cfg.retry_delay_s(n) for n in range(1, 6)] == [0.1, 0.2, 0.4, 0.8, 1.0]
+    assert cfg.retry_delay_s(1, retry_after_s=0.5) == 0.5
+    assert cfg.retry_delay_s(3, retry_after_s=0.1) == 0.4
+    assert cfg.retry_delay_s(1, retry_after_s=60.0) == 1.0  # never past the cap
+    assert [cfg.gives_up(n) for n in (1, 2, 3)] == [False, False, True]
+    assert not RuntimeConfig().gives_up(10**6)  # no max_attempts: retried forever
 
 
 def test_item_rejects_a_payload_that_disagrees_with_its_header():
