@@ -10,7 +10,7 @@ importable here.  To make a kind permanent, add it to ``KINDS`` in
 
 import sys
 
-from rose.cli import main
+from cli.main import main
 from sinks.registry import register_kind
 
 register_kind("csv", "csv_sink")

@@ -199,7 +199,7 @@ def test_tracker_sink(tmp_path, caplog):
 
 
 def _cli_sink(kind: str, *argv: str) -> Any:
-    from rose.cli import build_parser
+    from cli.main import build_parser
     from sinks.registry import load_kind
 
     args = build_parser().parse_args(["sink", kind, *argv])

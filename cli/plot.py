@@ -1,11 +1,11 @@
-"""`rose plot`: commands that read event logs and need no broker."""
+"""``rose plot``: metric curves from event logs into a PNG (no broker needed)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from rose.cli import UsageError
+from cli.options import UsageError
 
 PLOT_EPILOG = """\
 examples:
