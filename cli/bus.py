@@ -10,7 +10,7 @@ from typing import Any
 from bus.broker import DEFAULT_HWM
 from bus.store import DEFAULT_FSYNC_INTERVAL_S
 from bus.wire import DEFAULT_BACKEND, DEFAULT_FRONTEND, DEFAULT_REPLAY, DEFAULT_STORE_DIR
-from cli.options import UsageError, check_endpoint, stop_on_signals
+from cli.options import UsageError, add_command, check_endpoint, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,12 @@ examples:
 """
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "bus",
         help="run the broker (event store + forwarding to sinks)",
         description=HELP,
         epilog=BUS_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--frontend",

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli.options import UsageError
+from cli.options import UsageError, add_command
 
 KEYS_HELP = """\
 Create CURVE key pairs for the bus.  Without --name: a broker pair
@@ -30,20 +30,20 @@ examples:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "keys",
         help="create CURVE keys for an encrypted, authenticated bus",
         description=KEYS_HELP,
         epilog=KEYS_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="keys_command", metavar="ACTION")
-    g = sub.add_parser(
+    g = add_command(
+        sub,
         "generate",
         help="create key pairs in DIR",
         description=KEYS_HELP,
         epilog=KEYS_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g.add_argument("dir", metavar="DIR", help="where to write the key files (created 0700)")
     g.add_argument("--name", help="create only the pair NAME.key / NAME.key_secret")

@@ -40,6 +40,19 @@ def user_errors(*types: type[BaseException]) -> Iterator[None]:
         raise UsageError(str(exc)) from None
 
 
+def add_command(
+    subparsers: Any, name: str, *, help: str, description: str, epilog: str | None
+) -> argparse.ArgumentParser:
+    """A command's parser; its description and examples are printed as written."""
+    return subparsers.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 # ------------------------------------------------------------------ endpoints
 
 
@@ -203,36 +216,20 @@ def add_delivery(p: argparse.ArgumentParser, *, replay: bool = False) -> None:
         metavar="N",
         help="tries per event before skipping it; 0 = retry forever [depends on the kind]",
     )
-    g.add_argument(
-        "--retry-max",
-        type=float,
-        default=DEFAULT_RETRY_MAX_MS / 1000.0,
-        metavar="SECONDS",
-        help="cap of the exponential backoff between retries [%(default)s]",
-    )
-    g.add_argument(
-        "--batch",
-        type=int,
-        default=DEFAULT_MAX_BATCH,
-        metavar="N",
-        help="events per backend call [%(default)s]",
-    )
-    g.add_argument(
-        "--call-deadline",
-        type=float,
-        default=DEFAULT_CALL_DEADLINE_MS / 1000.0,
-        metavar="SECONDS",
-        help="a backend call running longer is reported as hung; the sink's other runs go on "
-        "meanwhile [%(default)s]",
-    )
+    timings = [
+        ("--retry-max", float, DEFAULT_RETRY_MAX_MS / 1000.0, "SECONDS",
+         "cap of the exponential backoff between retries [%(default)s]"),
+        ("--batch", int, DEFAULT_MAX_BATCH, "N", "events per backend call [%(default)s]"),
+        ("--call-deadline", float, DEFAULT_CALL_DEADLINE_MS / 1000.0, "SECONDS",
+         "a backend call running longer is reported as hung; the sink's other runs go on "
+         "meanwhile [%(default)s]"),
+    ]  # fmt: skip
     if not replay:
-        g.add_argument(
-            "--gap-grace",
-            type=float,
-            default=DEFAULT_GAP_GRACE_MS / 1000.0,
-            metavar="SECONDS",
-            help="how long a missing event may be late before it is reported [%(default)s]",
-        )
+        timings.append(("--gap-grace", float, DEFAULT_GAP_GRACE_MS / 1000.0, "SECONDS",
+                        "how long a missing event may be late before it is reported "
+                        "[%(default)s]"))  # fmt: skip
+    for flag, kind, default, metavar, help in timings:
+        g.add_argument(flag, type=kind, default=default, metavar=metavar, help=help)
 
 
 def runtime_config(args: argparse.Namespace, kind_max_attempts: int | None) -> Any:

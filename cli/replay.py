@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import os
 import re
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+from cli.kinds import add_all_kind_options, build_checked, foreign_options, kind_options
 from cli.options import (
     UsageError,
     add_client_key,
+    add_command,
     add_delivery,
     check_endpoint,
     run_runtime,
@@ -23,7 +23,7 @@ from cli.options import (
     stop_on_signals,
     user_errors,
 )
-from cli.sink import build_sink
+from sinks.kinds import SinkKind
 from sinks.registry import available_kinds, load_kind
 from sinks.replay import ChainSource, ReplayProgress, open_logs
 
@@ -47,12 +47,12 @@ examples:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "replay",
         help="replay event logs (files, spools, a broker store) into a sink or a broker",
         description=REPLAY_DESCRIPTION,
         epilog=REPLAY_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("logs", nargs="+", metavar="LOG", help="event logs, directories or stores")
     target = p.add_mutually_exclusive_group(required=True)
@@ -78,40 +78,8 @@ def register(subparsers: Any) -> None:
         "0 = one per CPU [%(default)s]",
     )
     add_delivery(p, replay=True)
-    owners: dict[str, tuple[set[str], Any]] = {}
-    for name, module in kinds.items():
-        g = p.add_argument_group(f"--into {name} options")
-        _add_kind_arguments(module, _SharedGroup(g, name, owners))
+    owners = add_all_kind_options(p, kinds)
     p.set_defaults(func=run_replay, _kind_dests=owners)
-
-
-class _SharedGroup:
-    """An argument group that skips options another kind already added (same meaning)."""
-
-    def __init__(self, group: Any, kind: str, owners: dict[str, tuple[set[str], Any]]) -> None:
-        self.group = group
-        self.kind = kind
-        self.owners = owners
-
-    def add_argument(self, *flags: str, **kw: Any) -> Any:
-        try:
-            action = self.group.add_argument(*flags, **kw)
-        except argparse.ArgumentError:  # another kind has it: this kind owns it too
-            long = next((f for f in flags if f.startswith("--")), flags[0])
-            dest = kw.get("dest") or long.lstrip("-").replace("-", "_")
-            if dest in self.owners:
-                self.owners[dest][0].add(self.kind)
-            return None
-        self.owners.setdefault(action.dest, (set(), action.default))[0].add(self.kind)
-        return action
-
-
-def _add_kind_arguments(module: ModuleType, group: Any) -> None:
-    fn = module.add_cli_arguments
-    if "positional" in inspect.signature(fn).parameters:
-        fn(group, positional=False)
-    else:
-        fn(group)
 
 
 def _expand_logs(paths: list[str]) -> list[tuple[str, Path]]:
@@ -161,20 +129,17 @@ def _replay_into(
 ) -> int:
     from sinks.concurrent import make_runtime
 
-    module = load_kind(args.into)
-    assert module is not None
-    foreign = [
-        "--" + dest.replace("_", "-")
-        for dest, (kinds, default) in args._kind_dests.items()
-        if args.into not in kinds and getattr(args, dest, default) != default
-    ]
+    kind = load_kind(args.into)
+    assert kind is not None
+    foreign = foreign_options(args, args.into)
     if foreign:
         verb = "does" if len(foreign) == 1 else "do"
         raise UsageError(f"{', '.join(foreign)} {verb} not apply to --into {args.into}")
-    config = runtime_config(args, getattr(module, "DEFAULT_MAX_ATTEMPTS", None))
-    sink = build_sink(module, args)
+    config = runtime_config(args, kind.max_attempts)
+    options = kind_options(args, kind)
+    sink = build_checked(kind, options, args.state)
     started = time.perf_counter()
-    parallel = _claimed(sink, _try_parallel, args, module, logs or [], config, progress)
+    parallel = _claimed(sink, _try_parallel, args, kind, options, logs or [], config, progress)
     if parallel is not None:
         source.close()
         sink.shutdown()
@@ -229,7 +194,8 @@ def _claimed(sink: Any, fn: Any, *args: Any) -> Any:
 
 def _try_parallel(
     args: argparse.Namespace,
-    module: ModuleType,
+    kind: SinkKind,
+    options: dict[str, Any],
     logs: list[tuple[str, Path]],
     config: Any,
     progress: ReplayProgress | None,
@@ -245,13 +211,13 @@ def _try_parallel(
     if (
         jobs < 2
         or args.state
-        or not getattr(module, "PARALLEL_REPLAY", False)
-        or any(kind != "log" for kind, _ in logs)
+        or not kind.parallel_replay
+        or any(what != "log" for what, _ in logs)
     ):
         return None
     paths = [p for _, p in logs]
     on_done = progress.advance if progress is not None else None
-    builder = functools.partial(module.build_sink, args)
+    builder = functools.partial(kind.build, state_dir=args.state, **options)
     return replay_parallel(builder, paths, config, jobs=jobs, on_done=on_done)
 
 

@@ -6,17 +6,17 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+from cli.kinds import add_kind_options, build_checked, kind_options
 from cli.options import (
     UsageError,
+    add_command,
     add_connection,
     add_delivery,
     bus_client,
     run_runtime,
     runtime_config,
-    user_errors,
 )
 from sinks.registry import available_kinds, load_kind
 
@@ -40,23 +40,23 @@ examples:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "sink",
         help="run a sink: follow the broker and write events to files, a tracker, ...",
         description=SINK_DESCRIPTION,
         epilog=SINK_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     kinds = p.add_subparsers(dest="kind", metavar="KIND")
-    for name, module in available_kinds().items():
-        k = kinds.add_parser(
+    for name, kind in available_kinds().items():
+        k = add_command(
+            kinds,
             name,
-            help=module.CLI_HELP,
-            description=f"{SINK_DESCRIPTION}\nThis sink: {module.CLI_HELP}.",
-            epilog=getattr(module, "CLI_EPILOG", None),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            help=kind.help,
+            description=f"{SINK_DESCRIPTION}\nThis sink: {kind.help}.",
+            epilog=kind.epilog,
         )
-        module.add_cli_arguments(k)
+        add_kind_options(k, kind)
         add_connection(k)
         add_delivery(k)
         k.set_defaults(func=run_sink)
@@ -73,12 +73,13 @@ def run_sink(args: argparse.Namespace) -> int:
     from sinks.bus_source import BusSource
     from sinks.concurrent import make_runtime
 
-    module = load_kind(args.kind)
-    assert module is not None
-    config = runtime_config(args, getattr(module, "DEFAULT_MAX_ATTEMPTS", None))
-    sink = build_sink(module, args)
+    kind = load_kind(args.kind)
+    assert kind is not None
+    config = runtime_config(args, kind.max_attempts)
+    options = kind_options(args, kind)
+    state = Path(args.state) if args.state else kind.default_state_dir(**options)
+    sink = build_checked(kind, options, state)
     source = BusSource(bus_client(args))
-    state = Path(args.state) if args.state else Path(module.default_state_dir(args))
     runtime = make_runtime(sink, source, state_dir=state, config=config, name=args.kind)
     # One line, as the broker prints: where it reads, where it keeps its state.
     print(
@@ -91,8 +92,3 @@ def run_sink(args: argparse.Namespace) -> int:
     log.info("rose sink %s stopped: %s", args.kind, counters)
     return 0
 
-
-def build_sink(module: ModuleType, args: argparse.Namespace) -> Any:
-    """The kind's sink for these options; its ValueError/OSError is the user's one-line error."""
-    with user_errors(ValueError, OSError):
-        return module.build_sink(args)

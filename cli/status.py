@@ -7,6 +7,7 @@ from typing import Any
 
 from cli.options import (
     UsageError,
+    add_command,
     add_connection,
     add_watched_states,
     bus_client,
@@ -30,12 +31,12 @@ and, for --bus HOME/store/bus.json, under HOME/state/*/ (where rose-daemons keep
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "status",
         help="counters of the broker and of the sinks (applied, gaps, retries, lag)",
         description="Show what the broker stored and what each sink applied, with lag.",
         epilog=STATUS_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_connection(p)
     add_watched_states(p, "a sink's state directory (repeatable)")

@@ -11,6 +11,7 @@ from typing import Any
 from bus.wire import Op
 from cli.options import (
     UsageError,
+    add_command,
     add_connection,
     add_watched_states,
     bus_client,
@@ -38,12 +39,12 @@ between the learner emitting the event and this line.
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "tail",
         help="follow live runs: one line per event (iteration, metric, events/s, lag)",
         description="Follow the broker's events as they arrive, one line per event.",
         epilog=TAIL_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_connection(p)
     p.add_argument("--run", metavar="PREFIX", default="", help="only runs whose id starts so")
