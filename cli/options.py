@@ -12,7 +12,6 @@ import re
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from bus.wire import ENV_BUS, is_endpoint, locate_bus, read_bus_file
@@ -22,8 +21,6 @@ log = logging.getLogger(__name__)
 _ENDPOINT_RE = re.compile(
     r"^(tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._*-]+):(\d{1,5}|\*)|ipc://.+|inproc://.+)$"
 )
-#: Where ``rose sink`` keeps a kind's state without --state (``rose status`` looks here).
-STATE_ROOT = Path(".rose-sink")
 
 
 class UsageError(Exception):
@@ -178,22 +175,6 @@ def add_state_dir(group: Any, *, replay: bool = False) -> None:
 def add_watched_states(p: Any, help: str) -> None:
     """--state DIR (repeatable): sinks to report on (dest ``sink_states``)."""
     p.add_argument("--state", dest="sink_states", action="append", metavar="DIR", help=help)
-
-
-def sink_state_dirs(given: list[str] | None, bus: str | None = None) -> list[Path]:
-    """The sinks to show: --state DIRs, else those found where rose puts them.
-
-    That is ./.rose-sink/*/ and ./*/.rose-sink/ (the defaults of `rose sink`), and,
-    for a bus file STORE/bus.json, STORE/../state/*/ (the layout of rose-daemons).
-    """
-    if given:
-        return [Path(d) for d in given]
-    found = [p.parent for p in STATE_ROOT.glob("*/status.json")]
-    found += [p.parent for p in Path(".").glob(f"*/{STATE_ROOT}/status.json")]
-    if bus and not is_endpoint(bus):
-        home = Path(bus).expanduser().parent.parent
-        found += [p.parent for p in (home / "state").glob("*/status.json")]
-    return sorted(set(found))
 
 
 # ------------------------------------------------------------------ delivery (rose sink, rose replay)

@@ -12,7 +12,6 @@ from cli.options import (
     add_watched_states,
     bus_client,
     default_bus,
-    sink_state_dirs,
 )
 
 #: A status request waits less than a sink would: the answer is for a person.
@@ -45,7 +44,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from sinks.health import sink_report, status_lines
+    from sinks.health import sink_report, sink_state_dirs, status_lines
 
     report: dict[str, Any] = {"broker": None, "sinks": []}
     broker_error = None

@@ -15,7 +15,6 @@ from cli.options import (
     add_connection,
     add_watched_states,
     bus_client,
-    sink_state_dirs,
     stop_on_signals,
 )
 
@@ -76,6 +75,7 @@ def run_tail(args: argparse.Namespace) -> int:
     if sys.stdout.isatty() and not args.lines:
         from rich.live import Live
 
+        from sinks.health import sink_state_dirs
         from sinks.tail_view import TailBoard
 
         board = TailBoard(sink_state_dirs(args.sink_states, args.bus))

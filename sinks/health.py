@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bus.wire import is_endpoint
+from sinks.kinds import STATE_ROOT
+
 
 def _pid_alive(pid: Any) -> bool:
     if not isinstance(pid, int) or pid <= 0:
@@ -36,6 +39,22 @@ def sink_health(status: dict[str, Any], now: float | None = None) -> str:
     if age > 3 * max(1.0, float(status.get("interval_s") or 1.0)):
         return f"not responding ({age:.0f}s since last status)"
     return status.get("phase") or "running"
+
+
+def sink_state_dirs(given: list[str] | None, bus: str | None = None) -> list[Path]:
+    """The sinks to show: --state DIRs, else those found where rose puts them.
+
+    That is ./.rose-sink/*/ and ./*/.rose-sink/ (the defaults of `rose sink`), and,
+    for a bus file STORE/bus.json, STORE/../state/*/ (the layout of rose-daemons).
+    """
+    if given:
+        return [Path(d) for d in given]
+    found = [p.parent for p in STATE_ROOT.glob("*/status.json")]
+    found += [p.parent for p in Path(".").glob(f"*/{STATE_ROOT}/status.json")]
+    if bus and not is_endpoint(bus):
+        home = Path(bus).expanduser().parent.parent
+        found += [p.parent for p in (home / "state").glob("*/status.json")]
+    return sorted(set(found))
 
 
 def sink_report(state_dir: Path) -> dict[str, Any] | None:
