@@ -1,5 +1,7 @@
+"""``python -m rose ...`` is the ``rose`` command (a program entry, like the console script)."""
+
 import sys
 
-from rose.cli import main
+from cli.main import main
 
 sys.exit(main())

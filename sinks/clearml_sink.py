@@ -34,9 +34,10 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from rose.events import EventError, check_run_id, from_json_line, to_json_line
+from rose.events import EventError, from_json_line, to_json_line
 from rose.fileio import atomic_write_json, read_json
-from sinks.base import ApplyResult, RunSink, Sink
+from sinks.base import ApplyResult, RunSink
+from sinks.journal import JournaledSink
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,6 @@ CLOSE_TIMEOUT_S = 60.0
 #: killed sink, finishing its batch) to let go of the run.
 LOCK_TIMEOUT_S = 60.0
 JOURNAL_VERSION = 1
-
-
-def journal_path(journal_dir: Path, run: str) -> Path:
-    check_run_id(run)
-    return journal_dir / f"{run}.json"
 
 
 def read_journal(path: Path) -> dict[str, Any]:
@@ -73,11 +69,10 @@ class WorkerError(RuntimeError):
     """The worker process died, hung, or answered nonsense."""
 
 
-class ClearMLSink(Sink):
+class ClearMLSink(JournaledSink):
     """Writes each run to a ClearML task in ``project``; idempotent across restarts."""
 
     name = "clearml"
-    idempotent = True
 
     def __init__(
         self,
@@ -103,8 +98,7 @@ class ClearMLSink(Sink):
         self.project = project
         self.task_name = task_name
         self.learner_names = list(learner_names) if learner_names else None
-        self.journal_dir = Path(journal_dir)
-        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(journal_dir)
         self.reply_timeout_s = reply_timeout_s
         self.max_workers = max_workers
         self.env = env
@@ -140,7 +134,7 @@ class ClearMLRunSink(RunSink):
     def __init__(self, sink: ClearMLSink, run: str) -> None:
         self.sink = sink
         self.run = run
-        self.journal = journal_path(sink.journal_dir, run)
+        self.journal = sink.journal_path(run)
         self._proc: subprocess.Popen[bytes] | None = None
         self._buf = b""
 
@@ -484,65 +478,3 @@ def worker_main() -> None:
     except Exception:
         log.warning("clearml: run %s: final flush failed", worker.run, exc_info=True)
     os._exit(0)  # skip ClearML's exit hooks: an open task stays open for the next worker
-
-
-# ---------------------------------------------------------------- CLI hooks (sinks.registry)
-
-CLI_HELP = "one ClearML task per run (hyperparameters, per-learner scalars, stop tags)"
-CLI_EPILOG = """\
-examples:
-  rose sink clearml --bus ~/rose-tracking/store/bus.json --project ROSE-Materials-UQ
-  rose sink clearml --backend tcp://127.0.0.1:5556 --replay tcp://127.0.0.1:5557 \\
-      --project ROSE --task-name "gp-{run}" --learner-names A,B
-  CLEARML_OFFLINE_MODE=1 rose replay runs/*.jsonl --into clearml --project ROSE
-
-ClearML credentials come from clearml.conf or CLEARML_API_* variables, never
-from the command line.  Each active run has its own worker process (ClearML
-allows one task per process); a journal per run makes restarts and replays
-continue the same task without repeating a point.
-"""
-#: A ClearML server that is down comes back: retry forever by default.
-DEFAULT_MAX_ATTEMPTS: int | None = None
-
-
-def add_cli_arguments(parser: Any, *, positional: bool = True) -> None:
-    parser.add_argument("--project", metavar="NAME", help="ClearML project for the runs' tasks")
-    parser.add_argument(
-        "--task-name",
-        metavar="TEMPLATE",
-        default=DEFAULT_TASK_NAME,
-        help="task name; {run} is replaced by the run id (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--learner-names",
-        metavar="A,B,...",
-        help="series names for parallel learners 0, 1, ... (named learners keep their names)",
-    )
-    parser.add_argument(
-        "--max-workers",
-        type=int,
-        metavar="N",
-        default=DEFAULT_MAX_WORKERS,
-        help="active runs with a live worker process at once (default: %(default)s)",
-    )
-
-
-def build_sink(args: Any) -> ClearMLSink:
-    if not getattr(args, "project", None):
-        raise ValueError("the ClearML sink needs --project NAME")
-    names = [n.strip() for n in (args.learner_names or "").split(",") if n.strip()] or None
-    state = getattr(args, "state", None)
-    state_dir = Path(state).expanduser() if state else default_state_dir(args)
-    return ClearMLSink(
-        args.project,
-        state_dir / "clearml-runs",
-        task_name=args.task_name,
-        learner_names=names,
-        max_workers=args.max_workers,
-    )
-
-
-def default_state_dir(args: Any) -> Path:
-    from rose.events import sanitize_run_name
-
-    return Path(".rose-sink") / f"clearml-{sanitize_run_name(args.project or '') or 'default'}"

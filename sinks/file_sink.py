@@ -18,6 +18,7 @@ from typing import Any
 from rose.eventlog import EventLogWriter, read_events
 from rose.events import EventError, check_run_id, to_json_line
 from sinks.base import ApplyResult, RunSink, Sink
+from sinks.kinds import STATE_ROOT, Option, SinkKind
 from sinks.state import OutputLock
 
 log = logging.getLogger(__name__)
@@ -183,10 +184,13 @@ class FileRunSink(RunSink):
                 log.warning("%s: close failed: %s", self.path, exc)
 
 
-# ------------------------------------------------------------------ CLI hooks (sinks.registry)
+# ------------------------------------------------------------------ the kind (sinks.registry)
 
-CLI_HELP = "write each run to OUT/<run>.jsonl (the FileTracker's format, byte for byte)"
-CLI_EPILOG = """\
+
+class FileKind(SinkKind):
+    name = "file"
+    help = "write each run to OUT/<run>.jsonl (the FileTracker's format, byte for byte)"
+    epilog = """\
 examples:
   rose sink file --bus ~/rose-tracking/store/bus.json --out runs/
   rose sink file --backend tcp://127.0.0.1:5556 --replay tcp://127.0.0.1:5557 --out runs/
@@ -195,31 +199,28 @@ examples:
 The files are the checkpoint: a restarted sink never appends an event a
 file already holds, and drops a torn last line left by a killed writer.
 """
-#: Runs are separate files: ``rose replay --into file`` may split logs over processes.
-PARALLEL_REPLAY = True
-#: Disk errors are usually transient (full disk, NFS hiccup): retry forever by default.
-DEFAULT_MAX_ATTEMPTS: int | None = None
-
-
-def add_cli_arguments(parser: Any) -> None:
-    parser.add_argument(
-        "--out", metavar="DIR", help="directory for the <run>.jsonl files (created if missing)"
+    options = (
+        Option("out", "directory for the <run>.jsonl files (created if missing)", metavar="DIR"),
+        Option(
+            "no_fsync",
+            "do not fsync files at checkpoints (faster; a node crash may lose the tail)",
+            switch=True,
+        ),
     )
-    parser.add_argument(
-        "--no-fsync",
-        action="store_true",
-        help="do not fsync files at checkpoints (faster; a node crash may lose the tail)",
-    )
+    #: Disk errors are usually transient (full disk, NFS hiccup): retry forever by default.
+    max_attempts = None
+    #: Runs are separate files: ``rose replay --into file`` may split logs over processes.
+    parallel_replay = True
 
+    def build(
+        self, *, out: str | None = None, no_fsync: bool = False, state_dir: Path | None = None
+    ) -> FileSink:
+        if not out:
+            raise ValueError("the file sink needs --out DIR")
+        path = Path(out).expanduser()
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"--out {path} exists and is not a directory")
+        return FileSink(path, fsync=not no_fsync)
 
-def build_sink(args: Any) -> FileSink:
-    if not args.out:
-        raise ValueError("the file sink needs --out DIR")
-    out = Path(args.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
-    return FileSink(out, fsync=not args.no_fsync)
-
-
-def default_state_dir(args: Any) -> Path:
-    return Path(args.out).expanduser() / ".rose-sink"
+    def default_state_dir(self, *, out: str | None = None, **_: Any) -> Path:
+        return Path(out or ".").expanduser() / STATE_ROOT

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sinks.base import ApplyResult, RunSink, Sink
+from sinks.kinds import Option, SinkKind
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 DEFAULT_EXPERIMENT = "rose"
 #: HTTP settings for a tracking server, unless the user set MLflow's own variables:
 #: fail fast and let the runtime back off (MLflow's default retries block for minutes).
+#: MLflow reads them from the environment; the command line sets them (SinkKind.environment).
 HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 #: MLflow unreachable is transient by nature: retry forever, never skip events.
 DEFAULT_MAX_ATTEMPTS: int | None = None
@@ -52,8 +54,10 @@ TRACKING_SCHEMES = frozenset(
 #: Upper bound of --workers.
 MAX_WORKERS = 32
 
-CLI_HELP = "log each run to MLflow: manifest params, per-iteration metrics, stop tags, status"
-CLI_EPILOG = """\
+class MLflowKind(SinkKind):
+    name = "mlflow"
+    help = "log each run to MLflow: manifest params, per-iteration metrics, stop tags, status"
+    epilog = """\
 examples:
   rose sink mlflow --bus ~/rose-tracking/store/bus.json                       # ./mlflow.db
   rose sink mlflow --bus ~/rose-tracking/store/bus.json --tracking-uri http://127.0.0.1:5000 \\
@@ -68,52 +72,51 @@ environment variables (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME and
 MLFLOW_TRACKING_PASSWORD), never from the command line.  Runs are found again
 by their rose.run_id tag, so restarts and replays log nothing twice.
 """
-
-
-def add_cli_arguments(parser: Any, *, positional: bool = True) -> None:
-    parser.add_argument(
-        "--tracking-uri",
-        metavar="URI",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    options = (
+        Option(
+            "tracking_uri",
+            "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+            metavar="URI",
+        ),
+        Option(
+            "experiment",
+            f"MLflow experiment for the runs, created if missing (default: {DEFAULT_EXPERIMENT})",
+            metavar="NAME",
+        ),
+        Option(
+            "workers",
+            "runs written at once, each by its own thread; pays on a tracking server "
+            "(http://...), not on SQLite [1]",
+            type=int,
+            default=1,
+            metavar="N",
+        ),
     )
-    parser.add_argument(
-        "--experiment",
-        metavar="NAME",
-        default=None,
-        help=f"MLflow experiment for the runs, created if missing (default: {DEFAULT_EXPERIMENT})",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="runs written at once, each by its own thread; pays on a tracking server "
-        "(http://...), not on SQLite [1]",
-    )
+    max_attempts = DEFAULT_MAX_ATTEMPTS
+    env_defaults = HTTP_ENV_DEFAULTS
 
+    def build(
+        self,
+        *,
+        tracking_uri: str | None = None,
+        experiment: str | None = None,
+        workers: int | None = 1,
+        state_dir: Path | None = None,
+    ) -> MLflowSink:
+        if tracking_uri and urllib.parse.urlsplit(tracking_uri).password:
+            raise ValueError(
+                "--tracking-uri holds a password; put credentials in MLFLOW_TRACKING_USERNAME / "
+                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead"
+            )
+        workers = 1 if workers is None else workers
+        if not 1 <= workers <= MAX_WORKERS:
+            raise ValueError(f"--workers must be between 1 and {MAX_WORKERS}")
+        return MLflowSink(tracking_uri=tracking_uri, experiment=experiment, workers=workers)
 
-def build_sink(args: Any) -> MLflowSink:
-    uri = getattr(args, "tracking_uri", None)
-    if uri and urllib.parse.urlsplit(uri).password:
-        raise ValueError(
-            "--tracking-uri holds a password; put credentials in MLFLOW_TRACKING_USERNAME / "
-            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead"
-        )
-    for name, value in HTTP_ENV_DEFAULTS.items():
-        os.environ.setdefault(name, value)
-    workers = getattr(args, "workers", None)
-    workers = 1 if workers is None else workers
-    if not 1 <= workers <= MAX_WORKERS:
-        raise ValueError(f"--workers must be between 1 and {MAX_WORKERS}")
-    sink = MLflowSink(
-        tracking_uri=uri, experiment=getattr(args, "experiment", None), workers=workers
-    )
-    sink.prepare()
-    return sink
-
-
-def default_state_dir(args: Any) -> Path:
-    return Path(".rose-sink") / "mlflow"
+    def check(self, sink: Sink, **options: Any) -> None:
+        """A tracking URI MLflow can never use is a ValueError now (see MLflowSink.prepare)."""
+        assert isinstance(sink, MLflowSink)
+        sink.prepare()
 
 
 def redact(uri: str) -> str:

@@ -1,64 +1,101 @@
-"""Sink kinds by name: ``rose sink KIND`` and ``rose replay --into KIND``.
+"""Sink kinds by name: the built-in ones, then those other packages declare.
 
-A kind is a module with these hooks (argparse only, no heavy imports at
-module level, so ``rose --help`` stays fast and works without MLflow):
+A built-in kind is a small loader below (its module, and its backend's
+library, are imported only when the kind is used, so ``rose --help`` stays
+fast and works without MLflow).  A package adds a kind with an entry point in
+the ``rose.sinks`` group naming its :class:`sinks.kinds.SinkKind` subclass::
 
-* ``CLI_HELP``, ``CLI_EPILOG``: one line and examples for ``--help``;
-* ``add_cli_arguments(parser)``: the kind's options (for ``rose replay`` it is
-  called with ``positional=False`` when it accepts that keyword);
-* ``build_sink(args) -> Sink``: raises ValueError for a user mistake;
-* ``default_state_dir(args) -> Path`` and ``DEFAULT_MAX_ATTEMPTS``.
+    [project.entry-points."rose.sinks"]
+    csv = "csv_sink:CsvKind"
 
-Later kinds plug in by adding one line to KINDS (or :func:`register_kind`).
+A kind that cannot be loaded is reported in one line and left out.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-from types import ModuleType
+from collections.abc import Callable
+from importlib.metadata import entry_points
+
+from sinks.kinds import SinkKind
 
 log = logging.getLogger(__name__)
 
-KINDS: dict[str, str] = {
-    "file": "sinks.file_sink",
-    "tracker": "sinks.tracker_sink",
-    "mlflow": "sinks.mlflow_sink",
-    "clearml": "sinks.clearml_sink",
-    "slack": "sinks.slack_sink",
+#: The entry-point group third-party sink kinds register in.
+ENTRY_POINT_GROUP = "rose.sinks"
+
+
+def _file() -> type[SinkKind]:
+    from sinks.file_sink import FileKind
+
+    return FileKind
+
+
+def _tracker() -> type[SinkKind]:
+    from sinks.tracker_sink import TrackerKind
+
+    return TrackerKind
+
+
+def _mlflow() -> type[SinkKind]:
+    from sinks.mlflow_sink import MLflowKind
+
+    return MLflowKind
+
+
+def _clearml() -> type[SinkKind]:
+    from sinks.clearml_kind import ClearMLKind
+
+    return ClearMLKind
+
+
+def _slack() -> type[SinkKind]:
+    from sinks.slack_sink import SlackKind
+
+    return SlackKind
+
+
+BUILTIN: dict[str, Callable[[], type[SinkKind]]] = {
+    "file": _file,
+    "tracker": _tracker,
+    "mlflow": _mlflow,
+    "clearml": _clearml,
+    "slack": _slack,
 }
 
-_HOOKS = ("CLI_HELP", "add_cli_arguments", "build_sink", "default_state_dir")
+_reported: set[str] = set()
 
 
-def register_kind(name: str, module: str) -> None:
-    """Make ``module`` (with the hooks above) available as sink kind ``name``."""
-    KINDS[name] = module
+def _plugins() -> dict[str, Callable[[], type[SinkKind]]]:
+    return {ep.name: ep.load for ep in entry_points(group=ENTRY_POINT_GROUP)
+            if ep.name not in BUILTIN}  # fmt: skip
 
 
-def load_kind(name: str) -> ModuleType | None:
-    """The kind's module, or None when it is not installed / not written yet."""
-    module_name = KINDS.get(name)
-    if module_name is None:
-        return None
+def _load(name: str, loader: Callable[[], type[SinkKind]]) -> SinkKind | None:
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            return None
-        raise
-    missing = [h for h in _HOOKS if not hasattr(module, h)]
-    if missing:
-        log.debug("sink kind %s (%s) lacks %s; not offered", name, module_name, missing)
+        kind = loader()
+        if not (isinstance(kind, type) and issubclass(kind, SinkKind)):
+            raise TypeError(f"{kind!r} is not a sinks.kinds.SinkKind subclass")
+        return kind()
+    except Exception as exc:
+        if name not in _reported:  # once per process, not per parser built
+            _reported.add(name)
+            log.warning("sink kind %r cannot be loaded (left out): %s: %s",
+                        name, type(exc).__name__, exc)  # fmt: skip
         return None
-    return module
 
 
-def available_kinds() -> dict[str, ModuleType]:
-    """Every kind whose module is present, in KINDS order."""
+def load_kind(name: str) -> SinkKind | None:
+    """The kind called ``name``, or None when no such kind is installed."""
+    loader = BUILTIN.get(name) or _plugins().get(name)
+    return None if loader is None else _load(name, loader)
+
+
+def available_kinds() -> dict[str, SinkKind]:
+    """Every kind that loads: the built-in ones first, then the plugins by name."""
     out = {}
-    for name in KINDS:
-        module = load_kind(name)
-        if module is not None:
-            out[name] = module
+    for name, loader in {**BUILTIN, **dict(sorted(_plugins().items()))}.items():
+        kind = _load(name, loader)
+        if kind is not None:
+            out[name] = kind
     return out

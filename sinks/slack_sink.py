@@ -21,7 +21,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rose.events import check_run_id
 from rose.fileio import atomic_write_json, read_json
 from rose.integrations.slack_messages import RunMessages, SlackOptions, milestone_list
 from rose.integrations.slack_webhook import (
@@ -33,17 +32,18 @@ from rose.integrations.slack_webhook import (
     load_webhook_url,
 )
 from sinks.base import ApplyResult, RunSink, Sink
+from sinks.journal import JournaledSink
+from sinks.kinds import Option, SinkKind, split_list
 
 log = logging.getLogger(__name__)
 
 JOURNAL_VERSION = 1
 
 
-class SlackSink(Sink):
+class SlackSink(JournaledSink):
     """Posts each run's messages to one incoming webhook; idempotent across restarts."""
 
     name = "slack"
-    idempotent = True
 
     def __init__(
         self,
@@ -51,10 +51,9 @@ class SlackSink(Sink):
         journal_dir: str | os.PathLike[str],
         options: SlackOptions | None = None,
     ) -> None:
+        super().__init__(journal_dir)
         self.webhook = webhook
         self.options = options or SlackOptions()
-        self.journal_dir = Path(journal_dir)
-        self.journal_dir.mkdir(parents=True, exist_ok=True)
         self.posted = 0
         self.rejected = 0
         self.unknown = 0
@@ -63,8 +62,7 @@ class SlackSink(Sink):
         return f"SlackSink(webhook=<redacted>, journal_dir={str(self.journal_dir)!r})"
 
     def open_run(self, run: str) -> RunSink:
-        check_run_id(run)
-        return SlackRunSink(self, run, self.journal_dir / f"{run}.json")
+        return SlackRunSink(self, run, self.journal_path(run))
 
     def stats(self) -> dict[str, int]:
         """For ``rose status``: posts that may or may not have reached Slack are not re-sent."""
@@ -160,10 +158,13 @@ class SlackRunSink(RunSink):
             self._save()
 
 
-# ---------------------------------------------------------------- CLI hooks (sinks.registry)
+# ---------------------------------------------------------------- the kind (sinks.registry)
 
-CLI_HELP = "post each run's end (and optional start/milestones) to a Slack incoming webhook"
-CLI_EPILOG = """\
+
+class SlackKind(SinkKind):
+    name = "slack"
+    help = "post each run's end (and optional start/milestones) to a Slack incoming webhook"
+    epilog = """\
 examples:
   export ROSE_SLACK_WEBHOOK=https://hooks.slack.com/services/...
   rose sink slack --bus ~/rose-tracking/store/bus.json --notify-start --milestones 0.1,0.05
@@ -173,70 +174,79 @@ The webhook URL is a secret: it is read from the environment variable named by
 --webhook-env or from a file readable only by you (chmod 600), never from the
 command line.  Each message is posted at most once, also across restarts.
 """
-#: 429/5xx retries follow Retry-After and the runtime's backoff; give up after this many.
-DEFAULT_MAX_ATTEMPTS: int | None = 20
+    options = (
+        Option(
+            "webhook_env",
+            "environment variable holding the webhook URL (default: %(default)s)",
+            default=DEFAULT_WEBHOOK_ENV,
+            metavar="NAME",
+        ),
+        Option(
+            "webhook_file",
+            "file holding the webhook URL, mode 0600 (instead of the environment)",
+            metavar="FILE",
+        ),
+        Option("notify_start", "also post when a run starts", switch=True),
+        Option(
+            "milestones",
+            "also post when a learner's metric first passes each value",
+            metavar="V1,V2,...",
+        ),
+        Option("learner_names", "names for parallel learners 0, 1, ...", metavar="A,B,..."),
+        Option(
+            "post_timeout",
+            "wait this long for Slack's reply to a post; a post without reply is not sent "
+            "again (it may have arrived) [%(default)s]",
+            type=float,
+            default=DEFAULT_TIMEOUT_S,
+            metavar="SECONDS",
+        ),
+        Option(
+            "min_interval",
+            "at least this long between posts (Slack: ~1/s per webhook; default %(default)s)",
+            type=float,
+            default=DEFAULT_MIN_INTERVAL_S,
+            metavar="SECONDS",
+        ),
+    )
+    #: 429/5xx retries follow Retry-After and the runtime's backoff; give up after this many.
+    max_attempts = 20
 
+    def build(
+        self,
+        *,
+        webhook_env: str = DEFAULT_WEBHOOK_ENV,
+        webhook_file: str | None = None,
+        notify_start: bool = False,
+        milestones: str | None = None,
+        learner_names: str | list[str] | None = None,
+        post_timeout: float = DEFAULT_TIMEOUT_S,
+        min_interval: float = DEFAULT_MIN_INTERVAL_S,
+        state_dir: Path | None = None,
+    ) -> SlackSink:
+        url = load_webhook_url(env_var=webhook_env, file=webhook_file)
+        options = SlackOptions(
+            notify_start=bool(notify_start),
+            milestones=milestone_list(milestones),
+            learner_names=tuple(split_list(learner_names)) or None,
+        )
+        if min_interval < 0 or post_timeout <= 0:
+            raise ValueError("--min-interval must be 0 or more seconds, --post-timeout more than 0")
+        return SlackSink(
+            Webhook(url, min_interval_s=min_interval, timeout_s=post_timeout),
+            self.state_dir(state_dir) / "slack-runs",
+            options,
+        )
 
-def add_cli_arguments(parser: Any, *, positional: bool = True) -> None:
-    parser.add_argument(
-        "--webhook-env",
-        metavar="NAME",
-        default=DEFAULT_WEBHOOK_ENV,
-        help="environment variable holding the webhook URL (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--webhook-file",
-        metavar="FILE",
-        help="file holding the webhook URL, mode 0600 (instead of the environment)",
-    )
-    parser.add_argument("--notify-start", action="store_true", help="also post when a run starts")
-    parser.add_argument(
-        "--milestones",
-        metavar="V1,V2,...",
-        help="also post when a learner's metric first passes each value",
-    )
-    parser.add_argument(
-        "--learner-names", metavar="A,B,...", help="names for parallel learners 0, 1, ..."
-    )
-    parser.add_argument(
-        "--post-timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT_S,
-        metavar="SECONDS",
-        help="wait this long for Slack's reply to a post; a post without reply is not sent "
-        "again (it may have arrived) [%(default)s]",
-    )
-    parser.add_argument(
-        "--min-interval",
-        type=float,
-        default=DEFAULT_MIN_INTERVAL_S,
-        metavar="SECONDS",
-        help="at least this long between posts (Slack: ~1/s per webhook; default %(default)s)",
-    )
-
-
-def build_sink(args: Any) -> SlackSink:
-    url = load_webhook_url(env_var=args.webhook_env, file=args.webhook_file)
-    names = [n.strip() for n in (args.learner_names or "").split(",") if n.strip()]
-    options = SlackOptions(
-        notify_start=bool(args.notify_start),
-        milestones=milestone_list(args.milestones),
-        learner_names=tuple(names) or None,
-    )
-    if args.min_interval < 0 or args.post_timeout <= 0:
-        raise ValueError("--min-interval must be 0 or more seconds, --post-timeout more than 0")
-    _check_reachable(url)
-    state = getattr(args, "state", None)
-    state_dir = Path(state).expanduser() if state else default_state_dir(args)
-    return SlackSink(
-        Webhook(url, min_interval_s=args.min_interval, timeout_s=args.post_timeout),
-        state_dir / "slack-runs",
-        options,
-    )
-
-
-def default_state_dir(args: Any) -> Path:
-    return Path(".rose-sink") / "slack"
+    def check(
+        self,
+        sink: Sink,
+        *,
+        webhook_env: str = DEFAULT_WEBHOOK_ENV,
+        webhook_file: str | None = None,
+        **_: Any,
+    ) -> None:
+        _check_reachable(load_webhook_url(env_var=webhook_env, file=webhook_file))
 
 
 def _check_reachable(url: str, timeout_s: float = 5.0) -> None:

@@ -1,8 +1,10 @@
-"""The live board of `rose tail` on a terminal: one row per run and learner, refreshed in place.
+"""What `rose tail` shows: a line per event, or on a terminal a live board.
 
-Rows show where each learner is (iteration, criterion metric, stop reason), how
-fast its run's events arrive and how late they reach us; a second table shows
-each local sink's progress and lag from its status file.
+:func:`format_tail_line` is the line; :class:`Rates` the runs' events/s.  The
+board has one row per run and learner, refreshed in place: rows show where
+each learner is (iteration, criterion metric, stop reason), how fast its run's
+events arrive and how late they reach us; a second table shows each local
+sink's progress and lag from its status file.
 """
 
 from __future__ import annotations
@@ -15,6 +17,48 @@ from typing import Any
 from rose.history import short_run
 
 MAX_ROWS = 40  # most recently active rows shown; the board itself keeps at most 10x that
+
+
+class Rates:
+    """Events per second per run over a sliding window of a few seconds."""
+
+    WINDOW_S = 5.0
+
+    def __init__(self) -> None:
+        self._seen: dict[str, list[float]] = {}
+
+    def add(self, run: str, now: float) -> float:
+        times = self._seen.setdefault(run, [])
+        times.append(now)
+        cut = now - self.WINDOW_S
+        while times and times[0] < cut:
+            times.pop(0)
+        if len(self._seen) > 10_000:  # bounded: forget the quietest runs
+            for name in list(self._seen)[:1000]:
+                del self._seen[name]
+        span = max(times[-1] - times[0], 1.0)
+        return len(times) / span
+
+
+def format_tail_line(event: dict[str, Any], rate: float, now: float) -> str:
+    """One event as `rose tail` prints it: time, run, seq, what happened, events/s, lag."""
+    body = event["body"]
+    stamp = time.strftime("%H:%M:%S", time.localtime(event["ts"]))
+    lag_ms = max(0.0, (now - event["ts"]) * 1000.0)
+    kind = event["kind"]
+    if kind == "iteration":
+        what = f"iteration {body.get('iteration')}"
+        if body.get("learner_id") is not None:
+            what += f" learner {body['learner_id']}"
+        if body.get("metric_name") is not None:
+            value = body.get("metric_value")
+            shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+            what += f" {body['metric_name']}={shown}"
+    elif kind == "start":
+        what = f"start {body.get('learner_type')}"
+    else:
+        what = f"stop {body.get('reason')}"
+    return f"{stamp} {event['run']} #{event['seq']} {what} | {rate:.1f} ev/s | lag {lag_ms:.0f} ms"
 
 
 class TailBoard:

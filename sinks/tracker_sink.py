@@ -20,6 +20,7 @@ from typing import Any
 from rose.events import EventFeed
 from rose.tracking import TrackerBase
 from sinks.base import ApplyResult, RunSink, Sink
+from sinks.kinds import STATE_ROOT, Option, SinkKind
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +124,13 @@ def _kw(kwargs: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
 
 
-# ------------------------------------------------------------------ CLI hooks (sinks.registry)
+# ------------------------------------------------------------------ the kind (sinks.registry)
 
-CLI_HELP = "drive any TrackerBase (module:Class), one instance per run"
-CLI_EPILOG = """\
+
+class TrackerKind(SinkKind):
+    name = "tracker"
+    help = "drive any TrackerBase (module:Class), one instance per run"
+    epilog = """\
 examples:
   rose sink tracker mypkg.trackers:PrintTracker --bus ~/rose-tracking/store/bus.json
   rose sink tracker rose.integrations.file_tracker:FileTracker --arg path=copy/ \\
@@ -138,33 +142,31 @@ else taken as strings.  The module must be importable (PYTHONPATH).  A
 callback that raises is retried with backoff, then skipped after
 --max-attempts, as a learner would skip it in-process.
 """
-DEFAULT_MAX_ATTEMPTS: int | None = 5
-
-
-def add_cli_arguments(parser: Any, *, positional: bool = True) -> None:
-    if positional:
-        parser.add_argument("tracker", metavar="module:Class", help="the tracker class to drive")
-    else:
-        parser.add_argument(
-            "--tracker", metavar="module:Class", help="the tracker class to drive (--into tracker)"
-        )
-    parser.add_argument(
-        "--arg",
-        action="append",
-        metavar="KEY=VALUE",
-        default=None,
-        help="keyword argument for the tracker's constructor (repeatable)",
+    options = (
+        Option("tracker", "the tracker class to drive", metavar="module:Class", positional=True),
+        Option(
+            "arg",
+            "keyword argument for the tracker's constructor (repeatable)",
+            metavar="KEY=VALUE",
+            repeat=True,
+        ),
     )
+    max_attempts = 5
 
+    def build(
+        self,
+        *,
+        tracker: str | None = None,
+        arg: list[str] | None = None,
+        state_dir: Path | None = None,
+    ) -> TrackerSink:
+        if not tracker:
+            raise ValueError(
+                "the tracker sink needs module:Class (--tracker module:Class on replay)"
+            )
+        return TrackerSink.from_spec(tracker, parse_kwargs(arg))
 
-def build_sink(args: Any) -> TrackerSink:
-    spec = getattr(args, "tracker", None)
-    if not spec:
-        raise ValueError("the tracker sink needs module:Class (--tracker module:Class on replay)")
-    return TrackerSink.from_spec(spec, parse_kwargs(args.arg))
+    def default_state_dir(self, *, tracker: str | None = None, **_: Any) -> Path:
+        from rose.events import sanitize_run_name
 
-
-def default_state_dir(args: Any) -> Path:
-    from rose.events import sanitize_run_name
-
-    return Path(".rose-sink") / f"tracker-{sanitize_run_name(args.tracker) or 'tracker'}"
+        return STATE_ROOT / f"tracker-{sanitize_run_name(tracker or '') or 'tracker'}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,16 +93,50 @@ def test_a_torn_last_row_is_cut_and_rewritten(csv_sink, log, tmp_path):
     assert path.read_bytes() == whole
 
 
-def test_the_launcher_runs_it_as_rose_replay_into_csv(log, tmp_path):
+def install_example(tmp: Path) -> Path:
+    """pip-install the example as the package it is, into ``tmp/site`` (not this venv).
+
+    From a copy, so the build leaves nothing in the repository; put the returned
+    directory on PYTHONPATH and ``rose`` finds the kind by its entry point.
+    """
+    src, site = tmp / "csv-sink-src", tmp / "site"
+    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("__pycache__"))
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
+           str(src)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return site
+
+
+def test_installed_it_runs_as_rose_replay_into_csv(log, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(install_example(tmp_path)))
     out = tmp_path / "table"
-    cmd = [sys.executable, str(EXAMPLE / "rose_csv.py"), "replay", str(log), "--into", "csv"]
+    cmd = [sys.executable, "-m", "cli", "replay", str(log), "--into", "csv"]
     cmd += ["--out", str(out), "--keys", "picked"]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stderr
     assert "5 event(s) into csv: 5 applied" in first.stderr
     (path,) = out.glob("*.csv")
     assert [r["picked"] for r in rows(path)] == ["5"] * len(MSE)
 
-    bad = subprocess.run([*cmd, "--keys", "seq"], capture_output=True, text=True, timeout=60)
+    bad = subprocess.run([*cmd, "--keys", "seq"], capture_output=True, text=True, timeout=60,
+                         env=env)  # fmt: skip
     assert bad.returncode == 2
     assert "--keys seq: already a column" in bad.stderr
+
+
+def test_a_kind_that_cannot_load_is_one_line_and_the_others_stay(tmp_path):
+    """A broken third-party kind is left out with one warning, never a traceback."""
+    site = tmp_path / "site"
+    dist = site / "broken_kind-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-kind\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[rose.sinks]\nbroken = no_such_module:Kind\n")
+    env = dict(os.environ, PYTHONPATH=str(site))
+    res = subprocess.run([sys.executable, "-m", "cli", "sink", "file", "--help"],
+                         capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    (line,) = [ln for ln in res.stderr.splitlines() if "broken" in ln]
+    assert "sink kind 'broken' cannot be loaded" in line and "no_such_module" in line
+    assert "--out DIR" in res.stdout

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
+from cli.main import main
 from rose import history
 from rose.al import ParallelActiveLearner
-from rose.cli import main
 from rose.integrations.file_tracker import FileTracker
 from rose.metrics import MEAN_SQUARED_ERROR_MSE
 

@@ -54,7 +54,9 @@ def test_board_keeps_run_names_and_numbers_whole_on_narrow_and_wide_terminals():
 
 
 def test_status_and_tail_lines_read_as_sentences():
-    from sinks.cli import _latency_text, _run_status_text, format_tail_line
+    from sinks.health import latency_text as _latency_text
+    from sinks.health import run_status_text as _run_status_text
+    from sinks.tail_view import format_tail_line
 
     run = {"run": "r-1", "kind": "iteration", "iteration": 17, "metric_name": "mse",
            "metric_value": 0.017345678901234567, "next_seq": 19, "events_per_s": 3.25}

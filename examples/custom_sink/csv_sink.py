@@ -4,11 +4,13 @@
 metric_name, metric_value, should_stop`` and then one column per state key
 named with ``--keys``.  Start and stop events write no row.
 
-Run it through the ordinary runtime with the launcher next to this file,
-which registers the kind as ``csv`` and then runs the ``rose`` command::
+It is a package of its own (``pyproject.toml`` next to this file) whose entry
+point in the ``rose.sinks`` group names :class:`CsvKind`; once installed, the
+``rose`` command has the kind::
 
-    python examples/custom_sink/rose_csv.py replay runs/ --into csv --out table/
-    python examples/custom_sink/rose_csv.py sink csv --bus ~/rose-tracking/store/bus.json --out table/
+    pip install examples/custom_sink
+    rose replay runs/ --into csv --out table/
+    rose sink csv --bus ~/rose-tracking/store/bus.json --out table/
 
 The file is its own checkpoint, like the file sink's: on open, a torn last
 row (a writer killed mid-row) is cut off and the last row's seq says where
@@ -26,6 +28,7 @@ from typing import Any
 
 from rose.events import check_run_id
 from sinks.base import ApplyResult, RunSink, Sink
+from sinks.kinds import STATE_ROOT, Option, SinkKind, split_list
 
 log = logging.getLogger(__name__)
 
@@ -151,37 +154,37 @@ class CsvRunSink(RunSink):
                 log.warning("%s: close failed: %s", self.path, exc)
 
 
-# ------------------------------------------------------------------ CLI hooks (sinks.registry)
+# ------------------------------------------------------------------ the kind (entry point rose.sinks)
 
-CLI_HELP = "one CSV file per run, OUT/<run>.csv, a row per iteration (example kind)"
-CLI_EPILOG = """\
+
+class CsvKind(SinkKind):
+    name = "csv"
+    help = "one CSV file per run, OUT/<run>.csv, a row per iteration (example kind)"
+    epilog = """\
 examples:
   rose sink csv --bus ~/rose-tracking/store/bus.json --out table/ --keys train_loss
   rose replay runs/ --into csv --out table/
 """
-#: Disk errors are usually transient (full disk, NFS hiccup): retry forever by default.
-DEFAULT_MAX_ATTEMPTS: int | None = None
-
-
-def add_cli_arguments(parser: Any, *, positional: bool = True) -> None:
-    parser.add_argument("--out", metavar="DIR", help="directory for the files (created if missing)")
-    parser.add_argument(
-        "--keys", metavar="K1,K2,...", default="", help="state keys to add as columns (csv)"
+    options = (
+        Option("out", "directory for the files (created if missing)", metavar="DIR"),
+        Option("keys", "state keys to add as columns (csv)", default="", metavar="K1,K2,..."),
     )
+    #: Disk errors are usually transient (full disk, NFS hiccup): retry forever by default.
+    max_attempts = None
 
+    def build(
+        self, *, out: str | None = None, keys: str | list[str] = "", state_dir: Path | None = None
+    ) -> CsvSink:
+        if not out:
+            raise ValueError("the csv sink needs --out DIR")
+        path = Path(out).expanduser()
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"--out {path} exists and is not a directory")
+        columns = split_list(keys)
+        clash = sorted(set(columns) & set(COLUMNS))
+        if clash:
+            raise ValueError(f"--keys {','.join(clash)}: already a column")
+        return CsvSink(path, columns)
 
-def build_sink(args: Any) -> CsvSink:
-    if not args.out:
-        raise ValueError("the csv sink needs --out DIR")
-    out = Path(args.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
-    keys = [k.strip() for k in args.keys.split(",") if k.strip()]
-    clash = sorted(set(keys) & set(COLUMNS))
-    if clash:
-        raise ValueError(f"--keys {','.join(clash)}: already a column")
-    return CsvSink(out, keys)
-
-
-def default_state_dir(args: Any) -> Path:
-    return Path(".rose-sink") / "csv"
+    def default_state_dir(self, **options: Any) -> Path:
+        return STATE_ROOT / "csv"

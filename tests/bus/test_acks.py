@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 
 from bus import BrokerThread, BusClient, BusTracker
-from rose.cli import main as rose_main
+from cli.main import main as rose_main
 from rose.eventlog import read_events
 from rose.events import MAX_EVENT_BYTES, decode, encode, iteration_event
 from rose.tracking import EventContext, IterationState, PipelineManifest

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from bus import BusClient
-from rose.cli import main as rose_main
+from cli.main import main as rose_main
 
 from .conftest import REPO, wait_until
 

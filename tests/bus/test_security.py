@@ -20,7 +20,7 @@ import zmq
 from bus import BrokerThread, BusClient, BusError, BusTracker
 from bus.security import ENV_CLIENT_KEY, ENV_SERVER_KEY, CurveError, generate_keypair, load_keypair
 from bus.wire import make_header, topic_for
-from rose.cli import main as rose_main
+from cli.main import main as rose_main
 from rose.eventlog import read_events
 from rose.tracking import IterationState, PipelineManifest
 
@@ -366,7 +366,7 @@ def test_cli_broker_with_curve(tmp_path, keys):
     store = tmp_path / "store"
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "rose.cli", "bus", "--store", str(store),
+            sys.executable, "-m", "cli", "bus", "--store", str(store),
             "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*",
             "--replay", "tcp://127.0.0.1:*",
             "--curve-secret-key", str(keys / "broker.key_secret"),

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from bus import BusTracker
+from cli.main import main as rose_main
 from rose.al import ParallelActiveLearner
-from rose.cli import main as rose_main
 from rose.integrations.clearml_mapping import INHERITED_ENV, Scalar, Tags, event_ops
 from rose.integrations.clearml_tracker import ClearMLTracker
 from rose.integrations.file_tracker import FileTracker

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rose.cli import main
+from cli.main import main
 
 from .conftest import DOCS, pattern
 

@@ -117,7 +117,7 @@ class Daemon:
         env.update(PYTHONPATH=str(REPO), **self.env)
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "rose.cli", *self.argv],
+                [sys.executable, "-m", "cli", *self.argv],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -406,7 +406,7 @@ def _mlflow_positions(uri: str) -> dict[str, int]:
 
 def _check_mlflow(uri: str, ref_dir: Path, replay_db: Path) -> int:
     """The bus's MLflow runs == a replay of the reference logs; no metric step twice."""
-    from rose.cli import main as rose_main
+    from cli.main import main as rose_main
     from tests.mlflow.helpers import mlflow_content
 
     got = mlflow_content(uri, "faults")

@@ -39,7 +39,7 @@ def test_bad_backend_configuration_fails_fast(tmp_path, capsys):
                "--no-progress", cwd=tmp_path, timeout=60)  # fmt: skip
     assert "MLflow cannot use the tracking URI 'nonsense'" in _one_error_line(res, "replay")
     # The same check in this process (cheaper; the pytest timeout bounds it).
-    from rose.cli import main as rose_main
+    from cli.main import main as rose_main
 
     for uri, why in {"foo://x": "does not know the scheme", refused: "connection refused"}.items():
         argv = ["replay", str(logs), "--into", "mlflow", "--tracking-uri", uri, "--no-progress"]

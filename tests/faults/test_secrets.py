@@ -102,6 +102,6 @@ def test_secrets_never_leave(stack, fake_slack):
                 assert secret.encode() not in data, f"{secret!r} found in {path}"
     assert scanned > 20
     for listing in listings:
-        assert "rose.cli" in listing  # the daemons were in it
+        assert "-m cli " in listing  # the daemons were in it
         for secret in SECRETS:
             assert secret not in listing, f"{secret!r} in the process listing"

@@ -46,7 +46,7 @@ def rose(*argv: str, cwd, timeout: float = 90, **extra_env: str) -> subprocess.C
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     env.update(PYTHONPATH=str(REPO), **extra_env)
     return subprocess.run(
-        [sys.executable, "-m", "rose.cli", *argv],
+        [sys.executable, "-m", "cli", *argv],
         cwd=cwd,
         env=env,
         capture_output=True,

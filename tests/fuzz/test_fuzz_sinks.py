@@ -199,13 +199,14 @@ def test_tracker_sink(tmp_path, caplog):
 
 
 def _cli_sink(kind: str, *argv: str) -> Any:
-    from rose.cli import build_parser
+    from cli.kinds import build_checked, kind_options
+    from cli.main import build_parser
     from sinks.registry import load_kind
 
     args = build_parser().parse_args(["sink", kind, *argv])
-    module = load_kind(kind)
-    assert module is not None
-    return module.build_sink(args)
+    sink_kind = load_kind(kind)
+    assert sink_kind is not None
+    return build_checked(sink_kind, kind_options(args, sink_kind), args.state)
 
 
 def test_mlflow_sink(tmp_path, caplog, monkeypatch):

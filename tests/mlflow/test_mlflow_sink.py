@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("mlflow")
 
 from bus import BusTracker  # noqa: E402
-from rose.cli import main as rose_main  # noqa: E402
+from cli.main import main as rose_main  # noqa: E402
 from rose.integrations.file_tracker import FileTracker  # noqa: E402
 from rose.integrations.mlflow_tracker import MLflowTracker  # noqa: E402
 from sinks.mlflow_sink import MLflowSink  # noqa: E402

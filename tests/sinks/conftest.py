@@ -34,7 +34,7 @@ class SinkProcess:
     def start(self) -> SinkProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rose.cli", "-v", "sink", *self.args],
+            [sys.executable, "-m", "cli", "-v", "sink", *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,

@@ -20,8 +20,8 @@ from radical.asyncflow import WorkflowEngine
 from rhapsody.backends import ConcurrentExecutionBackend
 
 from bus import BusTracker
+from cli.main import main as rose_main
 from rose.al import AlgorithmSelector, SequentialActiveLearner
-from rose.cli import main as rose_main
 from rose.eventlog import read_events
 from rose.events import to_json_line
 from rose.integrations.file_tracker import FileTracker

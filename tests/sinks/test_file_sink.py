@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from rose.cli import main as rose_main
+from cli.main import main as rose_main
 from rose.eventlog import read_events
 from rose.events import EventError, Repr, from_json_line, iteration_event, plain_equal, to_json_line
 from rose.integrations.file_tracker import FileTracker

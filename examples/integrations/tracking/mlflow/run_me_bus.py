@@ -76,7 +76,7 @@ def rose(*args: str, log: Path) -> subprocess.Popen:
     """Start ``rose ARGS`` as a child process logging to ``log``."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "rose.cli", *args], stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "cli", *args], stdout=out, stderr=subprocess.STDOUT
         )
 
 

@@ -1,22 +1,20 @@
-"""The ``rose`` console script.
+"""The ``rose`` console script: the parser, logging, exit codes and the internal-error line.
 
-Each part of the project adds its own subcommands from its own module (the
-broker's in ``bus.cli``, the sinks' in ``sinks.cli``, …): a module listed in
-COMMAND_MODULES defines ``register(subparsers)``, adding parsers whose
-``func(args) -> int`` runs the command.  User mistakes raise ``UsageError``
-and print one line; nothing a user can get wrong ends in a traceback.
+Each command is a module of this package with ``register(subparsers)``, which
+adds parsers whose ``func(args) -> int`` runs the command.  User mistakes raise
+:class:`cli.options.UsageError` and print one line; nothing a user can get
+wrong ends in a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES = ("bus.cli", "sinks.cli", "rose.cli_tools")
+from cli.options import UsageError
 
 DESCRIPTION = """\
 ROSE tracking over a message bus.
@@ -38,8 +36,12 @@ typical session (login node):
 """
 
 
-class UsageError(Exception):
-    """A mistake the user can fix; printed as one line, exit status 2."""
+def _register_commands(sub: argparse._SubParsersAction) -> None:
+    # In the order `rose --help` lists them.
+    from cli import bus, keys, plot, replay, sink, status, tail
+
+    for command in (bus, keys, sink, replay, status, tail, plot):
+        command.register(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,15 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:  # a real import error inside the module
-                raise
-            continue
-        module.register(sub)
+    _register_commands(parser.add_subparsers(dest="command", metavar="COMMAND"))
     return parser
 
 
@@ -98,11 +92,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-
-
-if __name__ == "__main__":
-    # Run the imported module's main: command modules raise *its* UsageError,
-    # not this __main__ copy's.
-    from rose.cli import main as _main
-
-    sys.exit(_main())

@@ -1,11 +1,11 @@
-"""`rose plot`: commands that read event logs and need no broker."""
+"""``rose plot``: metric curves from event logs into a PNG (no broker needed)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from rose.cli import UsageError
+from cli.options import UsageError, add_command
 
 PLOT_EPILOG = """\
 examples:
@@ -16,14 +16,14 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "plot",
         help="draw metric curves from event logs into a PNG",
         description="Draw the criterion metric of each run and learner (threshold dashed), "
         "and any numeric state keys you name, from event logs (file-sink output, "
         "FileTracker logs, spools).",
         epilog=PLOT_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("logs", nargs="+", metavar="LOG",
                    help="event log files (JSON lines), or directories of them")
