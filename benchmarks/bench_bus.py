@@ -10,7 +10,7 @@
    every event, with zero loss.
 3. End-to-end latency learner -> broker -> subscriber at a paced 1,000 events/s.
 
-The broker runs as its own process (``python -m bus``), as in production, so it
+The broker runs as its own process (``rose bus``), as in production, so it
 does not share the learner's GIL.  Prints a table and writes JSON.
 
     scripts/bench bus [--quick] [--baseline REF] [--json PATH]

@@ -1,6 +1,6 @@
 """Sink benchmarks (docs/benchmarks.md): file-sink catch-up from the store, and replay.
 
-1. Catch-up: a broker process (``python -m bus``) holds N events of several
+1. Catch-up: a broker process (``rose bus``) holds N events of several
    runs in its store; a file sink (the real runtime, in this process) starts
    from offset 0 and writes every run's JSONL file.  events/s until the last
    event is applied.

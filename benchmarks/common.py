@@ -30,7 +30,7 @@ def free_port() -> int:
 
 
 class BrokerProc:
-    """A broker as its own process (``python -m bus``), as in production."""
+    """A broker as its own process (``rose bus``), as in production."""
 
     def __init__(self, store: Path, root: Path = ROOT) -> None:
         self.ports = [free_port() for _ in range(3)]
@@ -38,7 +38,7 @@ class BrokerProc:
         self.store = store
         self.bus_file = store / "bus.json"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bus", "--store", str(store), "--frontend", self.frontend,
+            [sys.executable, "-m", *broker_module(root), "--store", str(store), "--frontend", self.frontend,
              "--backend", self.backend, "--replay", self.replay],
             cwd=root, env=env_for(root), stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -78,6 +78,11 @@ def write_results(results: dict[str, Any], path: str | os.PathLike[str]) -> None
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {out}")
+
+
+def broker_module(root: Path) -> list[str]:
+    """How ``root``'s tree runs its broker: ``-m cli bus`` now, ``-m bus`` before the cli package."""
+    return ["cli", "bus"] if (root / "cli").is_dir() else ["bus"]
 
 
 def env_for(root: Path) -> dict[str, str]:

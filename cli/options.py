@@ -182,7 +182,7 @@ def add_watched_states(p: Any, help: str) -> None:
 
 def add_delivery(p: argparse.ArgumentParser, *, replay: bool = False) -> None:
     """The runtime's options: --state, retries, batches, the call deadline (and --gap-grace)."""
-    from sinks.runtime import (
+    from sinks.runconfig import (
         DEFAULT_CALL_DEADLINE_MS,
         DEFAULT_GAP_GRACE_MS,
         DEFAULT_MAX_BATCH,
@@ -215,7 +215,7 @@ def add_delivery(p: argparse.ArgumentParser, *, replay: bool = False) -> None:
 
 def runtime_config(args: argparse.Namespace, kind_max_attempts: int | None) -> Any:
     """The RuntimeConfig the delivery options ask for (the kind's attempts by default)."""
-    from sinks.runtime import RuntimeConfig
+    from sinks.runconfig import RuntimeConfig
 
     attempts = args.max_attempts
     if attempts is None:

@@ -78,7 +78,7 @@ def test_rose_plot_writes_one_curve_per_learner(parallel_log, tmp_path, capsys):
 def test_rose_plot_user_errors_are_one_line(parallel_log, tmp_path, argv, message):
     argv = [a.replace("{log}", str(parallel_log)) for a in argv]
     proc = subprocess.run(
-        [sys.executable, "-m", "rose", *argv], capture_output=True, text=True, cwd=tmp_path, timeout=60
+        [sys.executable, "-m", "cli", *argv], capture_output=True, text=True, cwd=tmp_path, timeout=60
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"rose plot: error: {message}"

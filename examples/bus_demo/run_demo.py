@@ -59,7 +59,7 @@ class Daemons:
         self.argv: dict[str, list[str]] = {}
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
-        argv = [sys.executable, "-m", "rose", *args]
+        argv = [sys.executable, "-m", "cli", *args]
         log = (self.logs / f"{name}.log").open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,

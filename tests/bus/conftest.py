@@ -63,7 +63,7 @@ def zctx() -> Iterator[zmq.Context]:
 
 
 class BrokerProcess:
-    """``python -m bus`` in a subprocess on fixed loopback ports (so it can be restarted)."""
+    """``python -m cli bus`` in a subprocess on fixed loopback ports (so it can be restarted)."""
 
     def __init__(self, store: Path, ports: tuple[int, int, int] | None = None) -> None:
         self.store = store
@@ -89,6 +89,7 @@ class BrokerProcess:
             [
                 sys.executable,
                 "-m",
+                "cli",
                 "bus",
                 "--store",
                 str(self.store),
