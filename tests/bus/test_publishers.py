@@ -10,8 +10,9 @@ import pytest
 
 from bus import BusClient
 from rose.cli import main as rose_main
+from tests.polling import wait_until
 
-from .conftest import REPO, wait_until
+from .conftest import REPO
 
 TRACKERS = 64  # per process
 EVENTS = 40  # per tracker: start, 38 iterations, stop

@@ -23,8 +23,9 @@ from bus.wire import make_header, topic_for
 from rose.cli import main as rose_main
 from rose.eventlog import read_events
 from rose.tracking import IterationState, PipelineManifest
+from tests.polling import wait_until
 
-from .conftest import REPO, wait_until
+from .conftest import REPO
 
 MANIFEST = PipelineManifest(learner_type="Secure")
 

@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import threading
 from pathlib import Path
 
 import pytest
@@ -23,8 +22,8 @@ from rose.integrations.clearml_tracker import ClearMLTracker
 from rose.integrations.file_tracker import FileTracker
 from tests.clearml.conftest import by_run, normalized, sessions
 from tests.clearml.pipelines import register
-from tests.sinks.helpers import run_events, wait_until
-from tests.sinks.test_bus_sinks import interleave, publish
+from tests.polling import wait_until
+from tests.sinks.helpers import Publisher, interleave, publish, run_events
 
 BOUND_S = 90.0
 CLEAN_ENV = INHERITED_ENV
@@ -195,14 +194,7 @@ def test_kill_9_and_restart_loses_and_duplicates_nothing(
         "10",
     )
     first = sink_process(*args, name="first", env=sink_env(cache))
-    done = threading.Event()
-
-    def learner() -> None:
-        publish(broker.bus_file, interleave(*runs.values()), pace_every=4).close()
-        done.set()
-
-    t = threading.Thread(target=learner, name="publisher", daemon=True)
-    t.start()
+    publisher = Publisher(broker.bus_file, runs, pace_every=4)
     wait_until(
         lambda: all(journal(state, r).get("next_seq", 0) > 20 for r in runs),
         timeout=BOUND_S,
@@ -216,8 +208,7 @@ def test_kill_9_and_restart_loses_and_duplicates_nothing(
                 os.kill(pid, signal.SIGKILL)  # children of the sink this test started
     first.proc.wait(10)
     sink_process(*args, name="second", env=sink_env(cache))
-    t.join(BOUND_S)
-    assert done.is_set()
+    publisher.join(BOUND_S)
     wait_until(lambda: closed(state, runs), timeout=BOUND_S, what="all tasks closed after restart")
     tasks = by_run(cache)
     assert sorted(tasks) == sorted(runs)

@@ -12,19 +12,21 @@ reference and returns the numbers the summary at the end of the run prints.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.polling import free_port
+from tests.polling import wait_until as _poll
 
 REPO = Path(__file__).resolve().parents[2]
 BOUND_S = 90.0
@@ -49,21 +51,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(line)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(pred: Callable[[], Any], what: str, timeout: float = BOUND_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
+#: The tests' poll with the bound that real daemons under fault need.
+wait_until = functools.partial(_poll, timeout=BOUND_S, every=0.05)
 
 
 def limit_file_size(limit: int) -> Callable[[], None]:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mlflow.servers import MLflowServer, PostgresServer, free_port, postgres_missing
+from tests.mlflow.servers import MLflowServer, PostgresServer, postgres_missing
+from tests.polling import free_port
 from tests.sinks.conftest import SinkProcess
 
 MLFLOW_ENV = (
