@@ -72,18 +72,6 @@ async def test_max_iter_reached_and_no_wasted_tasks(engine, recorder):
     assert stop["final_state"]["iteration"] == 2
 
 
-async def test_user_break_reports_stopped_with_last_state(engine, recorder):
-    learner = build(engine)
-    learner.add_tracker(recorder)
-    async for state in learner.start(max_iter=20):
-        if state.iteration == 1:
-            break
-    await wait_for_stop(recorder)
-    assert recorder.stop_reason == "stopped"
-    assert recorder.calls[-1][2]["final_state"]["iteration"] == 1
-    assert recorder.kinds().count("iteration") == 2
-
-
 async def test_seed_loop_break_on_metric(engine, recorder):
     learner = build(engine, criterion=True)
     learner.add_tracker(recorder)
@@ -93,43 +81,6 @@ async def test_seed_loop_break_on_metric(engine, recorder):
     await wait_for_stop(recorder)
     assert recorder.stop_reason == "stopped"
     assert recorder.calls[-1][2]["final_state"]["metric_value"] == 0.0625
-
-
-async def test_stop_called_in_loop_body(engine, recorder):
-    learner = build(engine)
-    learner.add_tracker(recorder)
-    seen = []
-    async for state in learner.start(max_iter=20):
-        seen.append(state.iteration)
-        if state.iteration == 2:
-            learner.stop()
-    assert seen == [0, 1, 2]
-    assert recorder.stop_reason == "stopped"
-
-
-async def test_task_error_reports_error_and_raises(engine, recorder):
-    learner = build(engine)
-
-    @learner.active_learn_task(as_executable=False)
-    async def active_learn(*args, **kwargs):
-        raise RuntimeError("sampler exploded")
-
-    learner.add_tracker(recorder)
-    with pytest.raises(RuntimeError, match="sampler exploded"):
-        async for _ in learner.start(max_iter=5):
-            pass
-    assert recorder.stop_reason == "error"
-    assert recorder.calls[-1][2]["final_state"] is None
-
-
-async def test_invalid_start_reports_error_to_trackers(engine, recorder):
-    learner = build(engine, criterion=False)
-    learner.add_tracker(recorder)
-    with pytest.raises(ValueError, match="max_iter=0"):
-        async for _ in learner.start():
-            pass
-    assert recorder.kinds() == ["start", "stop"]
-    assert recorder.stop_reason == "error"
 
 
 async def test_missing_tasks_named_in_error(engine):

@@ -121,56 +121,7 @@ async def test_start_signature_skip_flags_and_config(engine):
     assert learner.seen["update_args"][0] == ()
 
 
-async def test_user_break_reports_stopped_with_last_state(engine, recorder):
-    learner = build(engine)
-    learner.add_tracker(recorder)
-    async for state in learner.start(max_iter=20):
-        if state.iteration == 1:
-            break
-    await wait_for_stop(recorder)
-    assert recorder.stop_reason == "stopped"
-    assert recorder.calls[-1][2]["final_state"]["iteration"] == 1
-
-
-async def test_stop_called_in_loop_body(engine, recorder):
-    learner = build(engine, criterion=False)
-    learner.add_tracker(recorder)
-    seen = [s.iteration async for s in _stop_at(learner, learner.start(max_iter=20), 2)]
-    assert seen == [0, 1, 2]
-    assert recorder.stop_reason == "stopped"
-    assert learner.seen["env"] == 3  # nothing ran after the stop
-
-
-async def _stop_at(learner, states, iteration):
-    async for state in states:
-        yield state
-        if state.iteration == iteration:
-            learner.stop()
-
-
-async def test_task_error_reports_error_and_raises(engine, recorder):
-    learner = build(engine)
-
-    @learner.update_task(as_executable=False)
-    async def update(*args, **kwargs):
-        raise RuntimeError("policy diverged")
-
-    learner.add_tracker(recorder)
-    with pytest.raises(RuntimeError, match="policy diverged"):
-        async for _ in learner.start(max_iter=5):
-            pass
-    assert recorder.stop_reason == "error"
-    assert recorder.calls[-1][2]["final_state"] is None
-
-
-async def test_invalid_starts_report_error(engine, recorder):
-    learner = build(engine, criterion=False)
-    learner.add_tracker(recorder)
-    with pytest.raises(ValueError, match="max_iter=0"):
-        async for _ in learner.start():
-            pass
-    assert recorder.kinds() == ["start", "stop"] and recorder.stop_reason == "error"
-
+async def test_start_without_an_update_task_is_refused(engine):
     bare = SequentialReinforcementLearner(engine)
 
     @bare.environment_task(as_executable=False)

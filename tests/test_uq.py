@@ -189,50 +189,9 @@ async def test_default_model_name_and_bare_string(engine):
     assert [k[MODEL_NAME_KWARG] for _, k in learner.calls["train"]] == ["gp"]
 
 
-async def test_user_break_and_stop(engine):
-    learner = build(engine)
-    rec = Recorder()
-    learner.add_tracker(rec)
-    async for state in learner.start(["a"], max_iter=20):
-        if state.iteration == 1:
-            break
-    await wait_for_stop(rec)
-    assert rec.stop_reason == "stopped"
-    assert rec.calls[-1][2]["final_state"]["iteration"] == 1
-
-    learner = build(engine)
-    rec = Recorder()
-    learner.add_tracker(rec)
-    seen = []
-    async for state in learner.start(["a"], max_iter=20):
-        seen.append(state.iteration)
-        if state.iteration == 2:
-            learner.stop()
-    assert seen == [0, 1, 2] and rec.stop_reason == "stopped"
-    assert len(learner.calls["sim"]) == 3  # nothing ran after the stop
-
-
-async def test_task_error_reports_error(engine, recorder):
-    learner = build(engine)
-
-    @learner.prediction_task(as_executable=False)
-    async def prediction(*args, **kwargs):
-        raise RuntimeError("model file missing")
-
-    learner.add_tracker(recorder)
-    with pytest.raises(RuntimeError, match="model file missing"):
-        async for _ in learner.start(["a", "b"], max_iter=3):
-            pass
-    assert recorder.stop_reason == "error"
-
-
 async def test_invalid_starts_report_error(engine, recorder):
     learner = build(engine, uncertainty=False, criterion=False)
     learner.add_tracker(recorder)
-    with pytest.raises(ValueError, match="max_iter=0"):
-        async for _ in learner.start(["a"]):
-            pass
-    assert recorder.kinds() == ["start", "stop"] and recorder.stop_reason == "error"
     for kwargs, match in [
         ({"model_names": []}, "at least one model"),
         ({"model_names": ["a", "a"]}, "unique"),

@@ -37,6 +37,12 @@ def sink_env(cache: Path) -> dict[str, str]:
     }
 
 
+def sink_args(broker, state: Path, *options: str) -> tuple[str, ...]:
+    """``rose sink clearml`` on the test's bus, into project ROSE-test, with ``options``."""
+    return ("clearml", "--bus", str(broker.bus_file), "--project", "ROSE-test",
+            "--state", str(state), *options)  # fmt: skip
+
+
 def journal(state: Path, run: str) -> dict:
     try:
         return json.loads((state / "clearml-runs" / f"{run}.json").read_text())
@@ -80,17 +86,7 @@ async def test_contract_in_process_equals_bus_equals_replay(
 ):
     bus_cache, state = tmp_path / "bus-cache", tmp_path / "bus-state"
     sink = sink_process(
-        "clearml",
-        "--bus",
-        str(broker.bus_file),
-        "--project",
-        "ROSE-test",
-        "--task-name",
-        "contract-01",
-        "--learner-names",
-        "A,B",
-        "--state",
-        str(state),
+        *sink_args(broker, state, "--task-name", "contract-01", "--learner-names", "A,B"),
         name="clearml",
         env=sink_env(bus_cache),
     )
@@ -138,19 +134,7 @@ async def test_contract_in_process_equals_bus_equals_replay(
 def test_two_concurrent_runs_into_one_sink(tmp_path, broker, sink_process):
     runs = {r: run_events(r, 25) for r in ("alpha", "beta")}
     cache, state = tmp_path / "cache", tmp_path / "state"
-    sink = sink_process(
-        "clearml",
-        "--bus",
-        str(broker.bus_file),
-        "--project",
-        "ROSE-test",
-        "--state",
-        str(state),
-        "--batch",
-        "5",
-        name="clearml",
-        env=sink_env(cache),
-    )
+    sink = sink_process(*sink_args(broker, state, "--batch", "5"), name="clearml", env=sink_env(cache))
     publish(broker.bus_file, interleave(*runs.values()), pace_every=5).close()
     wait_until(lambda: closed(state, runs), timeout=BOUND_S, what="both tasks closed")
     assert sink.terminate() == 0
@@ -182,17 +166,7 @@ def test_kill_9_and_restart_loses_and_duplicates_nothing(
 ):
     runs = {f"k{i}": run_events(f"k{i}", 150) for i in range(2)}
     cache, state = tmp_path / "cache", tmp_path / "state"
-    args = (
-        "clearml",
-        "--bus",
-        str(broker.bus_file),
-        "--project",
-        "ROSE-test",
-        "--state",
-        str(state),
-        "--batch",
-        "10",
-    )
+    args = sink_args(broker, state, "--batch", "10")
     first = sink_process(*args, name="first", env=sink_env(cache))
     publisher = Publisher(broker.bus_file, runs, pace_every=4)
     wait_until(

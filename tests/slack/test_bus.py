@@ -34,20 +34,10 @@ async def test_sink_posts_each_message_once_and_keeps_the_secret(
     engine, tmp_path, slack, broker, sink_process
 ):
     state = tmp_path / "state"
-    sink = sink_process(
-        "slack",
-        "--bus",
-        str(broker.bus_file),
-        "--notify-start",
-        "--milestones",
-        "0.2",
-        "--min-interval",
-        "0",
-        "--state",
-        str(state),
-        name="slack",
-        env={"ROSE_SLACK_WEBHOOK": slack.url},
-    )
+    args = ("slack", "--bus", str(broker.bus_file), "--notify-start", "--milestones", "0.2",
+            "--min-interval", "0", "--state", str(state))  # fmt: skip
+    env = {"ROSE_SLACK_WEBHOOK": slack.url}
+    sink = sink_process(*args, name="slack", env=env)
     cmdline = Path(f"/proc/{sink.pid}/cmdline").read_bytes()
     assert SECRET.encode() not in cmdline and b"hooks" not in cmdline
 
@@ -72,20 +62,7 @@ async def test_sink_posts_each_message_once_and_keeps_the_secret(
     assert slack.texts() == want
 
     # Restarted, it catches up from the store and posts nothing again.
-    again = sink_process(
-        "slack",
-        "--bus",
-        str(broker.bus_file),
-        "--notify-start",
-        "--milestones",
-        "0.2",
-        "--min-interval",
-        "0",
-        "--state",
-        str(state),
-        name="again",
-        env={"ROSE_SLACK_WEBHOOK": slack.url},
-    )
+    again = sink_process(*args, name="again", env=env)
     wait_until(
         lambda: (
             (read_status(state) or {}).get("pid") == again.pid

@@ -1,0 +1,104 @@
+"""What every learner family tells its trackers when a run ends early: a break, a stop(),
+a task that raises, a start that is refused.  Each family's builder lives in its own tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import test_learner, test_rl, test_uq
+from tests.conftest import wait_for_stop
+
+
+def _al_sims(learner) -> int:
+    return learner.calls["sim"]
+
+
+def _rl_sims(learner) -> int:
+    return learner.seen["env"]
+
+
+def _uq_sims(learner) -> int:
+    return len(learner.calls["sim"])
+
+
+#: family -> (its builder, start()'s positional arguments, how many simulations ran)
+FAMILIES = {
+    "al": (test_learner.build, (), _al_sims),
+    "rl": (test_rl.build, (), _rl_sims),
+    "uq": (test_uq.build, (["a"],), _uq_sims),
+}
+family = pytest.mark.parametrize("name", list(FAMILIES))
+
+
+@family
+async def test_user_break_reports_stopped_with_last_state(engine, recorder, name):
+    build, args, _ = FAMILIES[name]
+    learner = build(engine)
+    learner.add_tracker(recorder)
+    async for state in learner.start(*args, max_iter=20):
+        if state.iteration == 1:
+            break
+    await wait_for_stop(recorder)
+    assert recorder.stop_reason == "stopped"
+    assert recorder.calls[-1][2]["final_state"]["iteration"] == 1
+    assert recorder.kinds().count("iteration") == 2
+
+
+@pytest.mark.parametrize(
+    "name, kwargs", [("al", {}), ("rl", {"criterion": False}), ("uq", {})], ids=list(FAMILIES)
+)
+async def test_stop_called_in_loop_body(engine, recorder, name, kwargs):
+    build, args, sims = FAMILIES[name]
+    learner = build(engine, **kwargs)
+    learner.add_tracker(recorder)
+    seen = []
+    async for state in learner.start(*args, max_iter=20):
+        seen.append(state.iteration)
+        if state.iteration == 2:
+            learner.stop()
+    assert seen == [0, 1, 2]
+    assert recorder.stop_reason == "stopped"
+    assert sims(learner) == 3  # nothing ran after the stop
+
+
+@pytest.mark.parametrize(
+    "name, task, message, args, max_iter",
+    [
+        ("al", "active_learn_task", "sampler exploded", (), 5),
+        ("rl", "update_task", "policy diverged", (), 5),
+        ("uq", "prediction_task", "model file missing", (["a", "b"],), 3),
+    ],
+    ids=list(FAMILIES),
+)
+async def test_task_error_reports_error_and_raises(
+    engine, recorder, name, task, message, args, max_iter
+):
+    learner = FAMILIES[name][0](engine)
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError(message)
+
+    broken.__name__ = task.removesuffix("_task")  # as the family's own tests name it
+    getattr(learner, task)(as_executable=False)(broken)
+    learner.add_tracker(recorder)
+    with pytest.raises(RuntimeError, match=message):
+        async for _ in learner.start(*args, max_iter=max_iter):
+            pass
+    assert recorder.stop_reason == "error"
+    assert recorder.calls[-1][2]["final_state"] is None
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [("al", {}), ("rl", {}), ("uq", {"uncertainty": False})],
+    ids=list(FAMILIES),
+)
+async def test_invalid_start_reports_error_to_trackers(engine, recorder, name, kwargs):
+    build, args, _ = FAMILIES[name]
+    learner = build(engine, criterion=False, **kwargs)
+    learner.add_tracker(recorder)
+    with pytest.raises(ValueError, match="max_iter=0"):
+        async for _ in learner.start(*args):
+            pass
+    assert recorder.kinds() == ["start", "stop"]
+    assert recorder.stop_reason == "error"
