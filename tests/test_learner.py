@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import logging
 
 import pytest
 
 from rose import LearnerConfig, TaskConfig
 from rose.al import ParallelActiveLearner, SequentialActiveLearner
 from rose.metrics import MEAN_SQUARED_ERROR_MSE, MODEL_ACCURACY
-from tests.conftest import Exploding, Recorder, wait_for_stop
+from tests.conftest import Recorder, wait_for_stop
 
 
 def build(engine, cls=SequentialActiveLearner, mse=None, criterion=True, **kw):
@@ -227,19 +226,6 @@ async def test_parallel_criterion_break_and_error(engine):
     assert rec.stop_reason == "stopped"
     assert rec.calls[-1][2]["final_state"]["iteration"] == 1
 
-    learner = build(engine, ParallelActiveLearner, criterion=False)
-
-    @learner.training_task(as_executable=False)
-    async def training(*args, **kwargs):
-        raise ValueError("diverged")
-
-    rec = Recorder()
-    learner.add_tracker(rec)
-    with pytest.raises(ValueError, match="diverged"):
-        async for _ in learner.start(parallel_learners=2, max_iter=3):
-            pass
-    assert rec.stop_reason == "error"
-
 
 async def test_parallel_validation(engine, recorder):
     learner = build(engine, ParallelActiveLearner)
@@ -257,26 +243,6 @@ async def test_teach_is_a_deprecated_wrapper(engine):
     with pytest.warns(DeprecationWarning):
         final = await learner.teach(max_iter=2)
     assert final.iteration == 1
-
-
-@pytest.mark.parametrize("cls", [SequentialActiveLearner, ParallelActiveLearner])
-async def test_tracker_failures_are_isolated_and_logged_once(engine, caplog, cls):
-    learner = build(engine, cls, criterion=False)
-    good = Recorder()
-    with caplog.at_level(logging.ERROR, logger="rose.learner"):
-        learner.add_tracker(Exploding())  # on_start raising must not escape add_tracker
-        learner.add_tracker(good)
-        states = [s async for s in learner.start(max_iter=3)]
-    per_lane = 3 if cls is SequentialActiveLearner else 6
-    assert len(states) == per_lane
-    assert good.kinds() == ["start"] + ["iteration"] * per_lane + ["stop"]
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert sorted(str(r.exc_info[1]) for r in errors) == [
-        "iteration boom",
-        "start boom",
-        "stop boom",
-    ]
-    assert all(r.exc_info for r in errors)
 
 
 def test_add_tracker_before_tasks_warns(engine, recorder):

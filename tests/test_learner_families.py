@@ -1,12 +1,18 @@
-"""What every learner family tells its trackers when a run ends early: a break, a stop(),
-a task that raises, a start that is refused.  Each family's builder lives in its own tests."""
+"""What every learner family tells its trackers when a run ends early (a break, a stop(),
+a task that raises, a start that is refused) and when a tracker raises.  Each family's
+builder lives in its own tests."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
+from rose.al import ParallelActiveLearner, SequentialActiveLearner
+from rose.rl import ParallelReinforcementLearner, SequentialReinforcementLearner
+from rose.uq import ParallelUQLearner, SeqUQLearner
 from tests import test_learner, test_rl, test_uq
-from tests.conftest import wait_for_stop
+from tests.conftest import Exploding, Recorder, wait_for_stop
 
 
 def _al_sims(learner) -> int:
@@ -102,3 +108,68 @@ async def test_invalid_start_reports_error_to_trackers(engine, recorder, name, k
             pass
     assert recorder.kinds() == ["start", "stop"]
     assert recorder.stop_reason == "error"
+
+
+@pytest.mark.parametrize(
+    "build, cls, task, exc, args, kwargs",
+    [
+        (test_learner.build, ParallelActiveLearner, "training_task", ValueError("diverged"),
+         (), {"parallel_learners": 2}),
+        (test_rl.build, ParallelReinforcementLearner, "environment_task",
+         ValueError("simulator crashed"), (), {"parallel_learners": 2}),
+        (test_uq.build, ParallelUQLearner, "simulation_task", OSError("scratch full"),
+         (["A", "B"],), {}),
+    ],
+    ids=list(FAMILIES),
+)  # fmt: skip
+async def test_parallel_task_error_reports_error_and_raises(
+    engine, build, cls, task, exc, args, kwargs
+):
+    learner = build(engine, cls, **({} if cls is ParallelUQLearner else {"criterion": False}))
+
+    async def broken(*a, **k):
+        raise exc
+
+    broken.__name__ = task.removesuffix("_task")  # as the family's own tests name it
+    getattr(learner, task)(as_executable=False)(broken)
+    rec = Recorder()
+    learner.add_tracker(rec)
+    with pytest.raises(type(exc), match=str(exc)):
+        async for _ in learner.start(*args, **kwargs, max_iter=3):
+            pass
+    assert rec.stop_reason == "error"
+
+
+@pytest.mark.parametrize(
+    "make, start, per_run",
+    [
+        (lambda e: test_learner.build(e, SequentialActiveLearner, criterion=False), (), 3),
+        (lambda e: test_learner.build(e, ParallelActiveLearner, criterion=False), (), 6),
+        (lambda e: test_rl.build(e, SequentialReinforcementLearner, criterion=False), (), 3),
+        (lambda e: test_rl.build(e, ParallelReinforcementLearner, criterion=False), (), 6),
+        (lambda e: test_rl.build_pe(e, criterion=False), (), 3),
+        (lambda e: test_uq.build(e, SeqUQLearner, criterion=False),
+         (["a", "b"],), 3),
+        (lambda e: test_uq.build(e, ParallelUQLearner, criterion=False),
+         (["A", "B"], ["a", "b"]), 6),
+    ],
+    ids=["al-sequential", "al-parallel", "rl-sequential", "rl-parallel",
+         "rl-parallel-experience", "uq-sequential", "uq-parallel"],
+)  # fmt: skip
+async def test_tracker_failures_are_isolated_and_logged_once(engine, caplog, make, start, per_run):
+    learner = make(engine)
+    good = Recorder()
+    with caplog.at_level(logging.ERROR, logger="rose.learner"):
+        learner.add_tracker(Exploding())  # on_start raising must not escape add_tracker
+        learner.add_tracker(good)
+        states = [s async for s in learner.start(*start, max_iter=3)]
+    assert len(states) == per_run
+    assert good.kinds() == ["start"] + ["iteration"] * per_run + ["stop"]
+    assert good.stop_reason == "max_iter_reached"
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert sorted(str(r.exc_info[1]) for r in errors) == [
+        "iteration boom",
+        "start boom",
+        "stop boom",
+    ]
+    assert all(r.exc_info for r in errors)

@@ -4,7 +4,6 @@ signature, stop reasons, learner_id stamping, manifests, experience merging, tra
 from __future__ import annotations
 
 import itertools
-import logging
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from rose.rl import (
     SequentialReinforcementLearner,
     merge_banks,
 )
-from tests.conftest import Exploding, Recorder, wait_for_stop
+from tests.conftest import Recorder, wait_for_stop
 
 
 def build(engine, cls=SequentialReinforcementLearner, rewards=None, criterion=True, **kw):
@@ -217,19 +216,6 @@ async def test_parallel_break_stop_and_error(engine):
     assert rec.stop_reason == "stopped"
     assert rec.calls[-1][2]["final_state"] is not None
 
-    learner = build(engine, ParallelReinforcementLearner, criterion=False)
-
-    @learner.environment_task(as_executable=False)
-    async def environment(*args, **kwargs):
-        raise ValueError("simulator crashed")
-
-    rec = Recorder()
-    learner.add_tracker(rec)
-    with pytest.raises(ValueError, match="simulator crashed"):
-        async for _ in learner.start(parallel_learners=2, max_iter=3):
-            pass
-    assert rec.stop_reason == "error"
-
 
 async def test_parallel_validation_and_set_next_config(engine, recorder):
     learner = build(engine, ParallelReinforcementLearner, criterion=False)
@@ -405,30 +391,3 @@ async def test_manifests_list_rl_tasks(engine, recorder):
     assert m["parallel_count"] == 3
     seq = build(engine).build_manifest()
     assert seq.learner_type == "SequentialReinforcementLearner" and seq.parallel_count is None
-
-
-@pytest.mark.parametrize(
-    "make, per_run",
-    [
-        (lambda e: build(e, criterion=False), 3),
-        (lambda e: build(e, ParallelReinforcementLearner, criterion=False), 6),
-        (lambda e: build_pe(e, criterion=False), 3),
-    ],
-    ids=["sequential", "parallel", "parallel-experience"],
-)
-async def test_tracker_failures_are_isolated(engine, caplog, make, per_run):
-    learner = make(engine)
-    good = Recorder()
-    with caplog.at_level(logging.ERROR, logger="rose.learner"):
-        learner.add_tracker(Exploding())  # on_start raising must not escape add_tracker
-        learner.add_tracker(good)
-        states = [s async for s in learner.start(max_iter=3)]
-    assert len(states) == per_run
-    assert good.kinds() == ["start"] + ["iteration"] * per_run + ["stop"]
-    assert good.stop_reason == "max_iter_reached"
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert sorted(str(r.exc_info[1]) for r in errors) == [
-        "iteration boom",
-        "start boom",
-        "stop boom",
-    ]
