@@ -15,6 +15,7 @@ ROSE 0.3's carries the argument as given (``""``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +31,8 @@ OPERATOR_HERE = {"criterion/operator": "<"}
 TRAINING = {"lr": 0.01, "optimizer": "adam", "--log-dir": "/tmp/rose-layout"}
 
 
-def _al_tasks(learner: Any, criterion: bool) -> Any:
-    mse = iter((0.5, 0.3, 0.05))
+def _simulation_and_training(learner: Any, model: Callable[[dict], str]) -> None:
+    """The tasks every run shares; training reports ``model(its kwargs)`` as its model."""
 
     @learner.simulation_task(as_executable=False)
     async def simulation(*args, **kwargs):
@@ -39,32 +40,34 @@ def _al_tasks(learner: Any, criterion: bool) -> Any:
 
     @learner.training_task(as_executable=False, log_params={"num_gpus": 2})
     async def training(*args, **kwargs):
-        return {"train_loss": 0.25, "model": "gp"}
+        return {"train_loss": 0.25, "model": model(kwargs)}
+
+
+def _active_learn_and_criterion(learner: Any, mse: Callable[[dict], float] | None) -> None:
+    """The last tasks every run shares; the criterion (if any) reports ``mse(its kwargs)``."""
 
     @learner.active_learn_task(as_executable=False)
     async def active_learn(*args, **kwargs):
         return {"picked": 3}
 
-    if criterion:
+    if mse is not None:
 
         @learner.as_stop_criterion(MEAN_SQUARED_ERROR_MSE, threshold=0.1, as_executable=False)
         async def check_mse(*args, **kwargs):
-            return next(mse)
+            return mse(kwargs)
 
+
+def _al_tasks(learner: Any, criterion: bool) -> Any:
+    mse = iter((0.5, 0.3, 0.05))
+    _simulation_and_training(learner, lambda kwargs: "gp")
+    _active_learn_and_criterion(learner, (lambda kwargs: next(mse)) if criterion else None)
     return learner
 
 
 def _uq_tasks(learner: Any) -> Any:
     mse = {"m1": iter((0.5, 0.3, 0.05)), "m2": iter((0.4, 0.2, 0.05))}
     uq = iter((1.0, 0.5, 0.2))
-
-    @learner.simulation_task(as_executable=False)
-    async def simulation(*args, **kwargs):
-        return {"n_sim": 10}
-
-    @learner.training_task(as_executable=False, log_params={"num_gpus": 2})
-    async def training(*args, **kwargs):
-        return {"train_loss": 0.25, "model": kwargs[MODEL_NAME_KWARG]}
+    _simulation_and_training(learner, lambda kwargs: kwargs[MODEL_NAME_KWARG])
 
     @learner.prediction_task(as_executable=False)
     async def prediction(*args, **kwargs):
@@ -76,14 +79,7 @@ def _uq_tasks(learner: Any) -> Any:
     async def check_uq(*args, **kwargs):
         return next(uq)
 
-    @learner.active_learn_task(as_executable=False)
-    async def active_learn(*args, **kwargs):
-        return {"picked": 3}
-
-    @learner.as_stop_criterion(MEAN_SQUARED_ERROR_MSE, threshold=0.1, as_executable=False)
-    async def check_mse(*args, **kwargs):
-        return next(mse[kwargs[MODEL_NAME_KWARG]])
-
+    _active_learn_and_criterion(learner, lambda kwargs: next(mse[kwargs[MODEL_NAME_KWARG]]))
     return learner
 
 
