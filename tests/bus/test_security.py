@@ -59,6 +59,26 @@ def _stranger(tmp_path: Path) -> Path:
     return secret
 
 
+def _intruders(zctx, kind: int, endpoint: str, keys: Path, tmp_path: Path) -> list[zmq.Socket]:
+    """Two sockets of ``kind`` connected to ``endpoint``: one with a key the broker does
+    not know, one without CURVE at all."""
+    stranger = load_keypair(_stranger(tmp_path))
+    server = load_keypair(keys / "broker.key_secret").public
+    socks = []
+    for pair in (stranger, None):
+        sock = zctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if pair is not None:
+            sock.curve_serverkey = server
+            sock.curve_publickey = pair.public
+            sock.curve_secretkey = pair.secret
+        if kind == zmq.SUB:
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(endpoint)
+        socks.append(sock)
+    return socks
+
+
 def _mode(p: Path) -> int:
     return stat.S_IMODE(p.stat().st_mode)
 
@@ -153,18 +173,7 @@ def test_authorized_learner_and_sink_over_curve(secure, keys):
 
 def test_unknown_and_plain_publishers_get_nothing_in(secure, keys, tmp_path, zctx, caplog):
     caplog.set_level(logging.WARNING, logger="bus.security")
-    stranger = load_keypair(_stranger(tmp_path))
-    server = load_keypair(keys / "broker.key_secret").public
-    intruders = []
-    for pair in (stranger, None):  # a wrong key, and no CURVE at all
-        sock = zctx.socket(zmq.XPUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        if pair is not None:
-            sock.curve_serverkey = server
-            sock.curve_publickey = pair.public
-            sock.curve_secretkey = pair.secret
-        sock.connect(secure.frontend)
-        intruders.append(sock)
+    intruders = _intruders(zctx, zmq.XPUB, secure.frontend, keys, tmp_path)
     # A BusTracker with the stranger's key: constructed fine, never let in.
     rogue = BusTracker(bus=secure.bus_file, client_key=_stranger(tmp_path / "b"), start_wait_ms=0)
     with BusClient.from_file(
@@ -198,19 +207,7 @@ def test_unknown_and_plain_publishers_get_nothing_in(secure, keys, tmp_path, zct
 
 
 def test_unknown_subscribers_and_requesters_get_nothing_out(secure, keys, tmp_path, zctx):
-    stranger = load_keypair(_stranger(tmp_path))
-    server = load_keypair(keys / "broker.key_secret").public
-    subs = []
-    for pair in (stranger, None):
-        sub = zctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        if pair is not None:
-            sub.curve_serverkey = server
-            sub.curve_publickey = pair.public
-            sub.curve_secretkey = pair.secret
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(secure.backend)
-        subs.append(sub)
+    subs = _intruders(zctx, zmq.SUB, secure.backend, keys, tmp_path)
     client_key = keys / "client.key_secret"
     with BusClient.from_file(secure.bus_file, client_key=client_key, timeout_ms=10_000) as friend:
         stream = friend.subscribe(0, idle_timeout_ms=50)
