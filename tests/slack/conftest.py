@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -64,21 +66,28 @@ def _handler(slack: FakeSlack):
     return Handler
 
 
-@pytest.fixture
-def slack():
+@contextlib.contextmanager
+def serving(secret: str) -> Iterator[FakeSlack]:
+    """A FakeSlack on a loopback port; its ``url`` is a webhook whose path holds ``secret``."""
     fake = FakeSlack()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
     thread = threading.Thread(
         target=server.serve_forever, args=(0.05,), name="fake-slack", daemon=True
     )
     thread.start()
-    fake.url = f"http://127.0.0.1:{server.server_port}/services/{SECRET}"
+    fake.url = f"http://127.0.0.1:{server.server_port}/services/{secret}"
     try:
         yield fake
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def slack():
+    with serving(SECRET) as fake:
+        yield fake
 
 
 @pytest.fixture(autouse=True)
