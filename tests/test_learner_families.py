@@ -173,3 +173,29 @@ async def test_tracker_failures_are_isolated_and_logged_once(engine, caplog, mak
         "stop boom",
     ]
     assert all(r.exc_info for r in errors)
+
+
+@pytest.mark.parametrize(
+    "build, cls, kwargs, args, start, lanes",
+    [
+        (test_learner.build, ParallelActiveLearner, {"criterion": False},
+         (), {"parallel_learners": 2}, {0, 1}),
+        (test_rl.build, ParallelReinforcementLearner, {"criterion": False},
+         (), {"parallel_learners": 2}, {0, 1}),
+        (test_uq.build, ParallelUQLearner, {}, (["A", "B"],), {}, {"A", "B"}),
+    ],
+    ids=list(FAMILIES),
+)  # fmt: skip
+async def test_parallel_break_reports_stopped_with_last_state(
+    engine, build, cls, kwargs, args, start, lanes
+):
+    learner = build(engine, cls, **kwargs)
+    rec = Recorder()
+    learner.add_tracker(rec)
+    async for state in learner.start(*args, **start, max_iter=50):
+        if state.iteration == 1:
+            break
+    await wait_for_stop(rec)
+    assert rec.stop_reason == "stopped"
+    final = rec.calls[-1][2]["final_state"]
+    assert final["iteration"] == 1 and final["learner_id"] in lanes

@@ -27,6 +27,7 @@ import pytest
 
 from tests.polling import free_port
 from tests.polling import wait_until as _poll
+from tests.processes import ChildProcess
 
 REPO = Path(__file__).resolve().parents[2]
 BOUND_S = 90.0
@@ -74,8 +75,11 @@ def raise_file_size_limit(pid: int) -> None:
     resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
 
-class Daemon:
+class Daemon(ChildProcess):
     """One ``rose ...`` daemon; every (re)start is a new process with its own log file."""
+
+    TERMINATE_WAIT_S = 60.0
+    KILL_WAIT_S = 20.0
 
     def __init__(
         self,
@@ -123,11 +127,6 @@ class Daemon:
         return self.proc.poll() is not None or self.ready(self)
 
     @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -147,14 +146,6 @@ class Daemon:
         self.proc.send_signal(signal.SIGCONT)
         self.events[-1] = "SIGSTOP/SIGCONT"
 
-    def terminate(self, timeout: float = 60.0) -> int:
-        """SIGTERM (after a SIGCONT, in case it is stopped); the exit status."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-        return self.proc.wait(timeout)
-
     def wait_ready(self) -> None:
         if self.ready is not None:
             wait_until(self._ready_or_dead, f"{self.name} to be ready", timeout=60)
@@ -167,12 +158,6 @@ class Daemon:
         assert rc == 0, f"{self.name} exited {rc} on SIGTERM:\n{self.log()[-3000:]}"
         self.events.append("SIGTERM (exit 0) + restart")
         self.start(wait=wait)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(20)
 
     def log(self) -> str:
         return "".join(p.read_text(errors="replace") for p in self.logs if p.exists())
