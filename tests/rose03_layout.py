@@ -147,6 +147,26 @@ _GENERAL_AL = {
 }
 
 
+# The sequential and the UQ run share their criterion and end by it at iteration 2.
+_CRITERION_PARAMS = {
+    "criterion/metric_name": "mean_squared_error_mse",
+    "criterion/operator": "",
+    "criterion/threshold": "0.1",
+}
+_CRITERION_GENERAL = {
+    "criterion/metric_name": ("mean_squared_error_mse", "str"),
+    "criterion/operator": ("", "str"),
+    "criterion/threshold": ("0.1", "float"),
+}
+_MET_AT_2_TAGS = {
+    "config/training/optimizer": "adam",
+    "final_iteration": "2",
+    "stop_reason": "criterion_met",
+}
+_MET_AT_2_CLEARML_TAGS = ["final_iter:2", "stop:criterion_met"]
+_CURRENT_CONFIG = {"training/optimizer": ("adam", "str")}
+
+
 def _scalars(series: str, iterations: range, extra: dict[str, float] | None = None) -> list:
     values = {"n_sim": 10.0, "train_loss": 0.25, "picked": 3.0, **(extra or {})}
     return [(k, series, i, v) for i in iterations for k, v in values.items()]
@@ -157,9 +177,7 @@ SEQ = Layout(
     mlflow={
         "status": "FINISHED",
         "params": {
-            "criterion/metric_name": "mean_squared_error_mse",
-            "criterion/operator": "",
-            "criterion/threshold": "0.1",
+            **_CRITERION_PARAMS,
             "learner_type": "SequentialActiveLearner",
             "parallel_learners": "None",
             **_AL_PARAMS,
@@ -171,11 +189,7 @@ SEQ = Layout(
             "picked": _steps(3.0, 3),
             "train_loss": _steps(0.25, 3),
         },
-        "tags": {
-            "config/training/optimizer": "adam",
-            "final_iteration": "2",
-            "stop_reason": "criterion_met",
-        },
+        "tags": _MET_AT_2_TAGS,
     },
     mlflow_extra_params=frozenset({"rose.task.criterion.as_executable"}),
     mlflow_extra_tags=frozenset(),
@@ -183,16 +197,14 @@ SEQ = Layout(
     clearml={
         "hyperparams": {
             "General": {
-                "criterion/metric_name": ("mean_squared_error_mse", "str"),
-                "criterion/operator": ("", "str"),
-                "criterion/threshold": ("0.1", "float"),
+                **_CRITERION_GENERAL,
                 "learner_type": ("SequentialActiveLearner", "str"),
                 "parallel_learners": ("", None),
                 **_GENERAL_AL,
             },
-            "current_config": {"training/optimizer": ("adam", "str")},
+            "current_config": _CURRENT_CONFIG,
         },
-        "tags": ["final_iter:2", "stop:criterion_met"],
+        "tags": _MET_AT_2_CLEARML_TAGS,
         "scalars": [
             *_scalars("value", range(3), {"config/training/lr": 0.01}),
             ("mean_squared_error_mse", "value", 0, 0.5),
@@ -240,7 +252,7 @@ PAR = Layout(
                 "parallel_learners": ("", None),
                 **_GENERAL_AL,
             },
-            "current_config": {"training/optimizer": ("adam", "str")},
+            "current_config": _CURRENT_CONFIG,
         },
         "tags": ["stop:max_iter_reached"],
         "scalars": [
@@ -271,9 +283,7 @@ UQ = Layout(
     mlflow={
         "status": "FINISHED",
         "params": {
-            "criterion/metric_name": "mean_squared_error_mse",
-            "criterion/operator": "",
-            "criterion/threshold": "0.1",
+            **_CRITERION_PARAMS,
             "learner_type": "SeqUQLearner",
             "parallel_learners": "None",
             "task.simulation.as_executable": "False",
@@ -293,11 +303,7 @@ UQ = Layout(
             "mean_squared_error_mse": list(enumerate(_UQ_MSE)),
             "config/training/lr": _steps(0.01, 3),
         },
-        "tags": {
-            "config/training/optimizer": "adam",
-            "final_iteration": "2",
-            "stop_reason": "criterion_met",
-        },
+        "tags": _MET_AT_2_TAGS,
     },
     mlflow_extra_params=frozenset({"rose.task.criterion.as_executable"}),
     mlflow_extra_tags=frozenset(),
@@ -305,9 +311,7 @@ UQ = Layout(
     clearml={
         "hyperparams": {
             "General": {
-                "criterion/metric_name": ("mean_squared_error_mse", "str"),
-                "criterion/operator": ("", "str"),
-                "criterion/threshold": ("0.1", "float"),
+                **_CRITERION_GENERAL,
                 "learner_type": ("SeqUQLearner", "str"),
                 "parallel_learners": ("", None),
                 "task/simulation/as_executable": ("False", "bool"),
@@ -321,9 +325,9 @@ UQ = Layout(
                 "task/uncertainty/operator": ("<", "str"),
                 "task/active_learn/as_executable": ("False", "bool"),
             },
-            "current_config": {"training/optimizer": ("adam", "str")},
+            "current_config": _CURRENT_CONFIG,
         },
-        "tags": ["final_iter:2", "stop:criterion_met"],
+        "tags": _MET_AT_2_CLEARML_TAGS,
         "scalars": [
             (k, "value", i, v)
             for i in range(3)
