@@ -79,6 +79,17 @@ def _intruders(zctx, kind: int, endpoint: str, keys: Path, tmp_path: Path) -> li
     return socks
 
 
+def _publish_run(bus_file: Path, client_key: Path, iterations: int) -> BusTracker:
+    """A whole run (start, ``iterations`` iterations, stop) through a CURVE BusTracker, closed."""
+    tracker = BusTracker(bus=bus_file, client_key=client_key)
+    tracker.on_start(MANIFEST)
+    for i in range(iterations):
+        tracker.on_iteration(IterationState(iteration=i))
+    tracker.on_stop(None, "max_iter_reached")
+    tracker.close()
+    return tracker
+
+
 def _mode(p: Path) -> int:
     return stat.S_IMODE(p.stat().st_mode)
 
@@ -154,12 +165,7 @@ def test_authorized_learner_and_sink_over_curve(secure, keys):
     # The broker's key comes from bus.json; the client's own pair from the argument.
     with BusClient.from_file(secure.bus_file, client_key=client_key, timeout_ms=10_000) as client:
         stream = client.subscribe(0, idle_timeout_ms=100)
-        tracker = BusTracker(bus=secure.bus_file, client_key=client_key)
-        tracker.on_start(MANIFEST)
-        for i in range(50):
-            tracker.on_iteration(IterationState(iteration=i))
-        tracker.on_stop(None, "max_iter_reached")
-        tracker.close()
+        tracker = _publish_run(secure.bus_file, client_key, 50)
         assert tracker.dropped == 0
         got = []
         for ev in stream:
@@ -212,12 +218,7 @@ def test_unknown_subscribers_and_requesters_get_nothing_out(secure, keys, tmp_pa
     with BusClient.from_file(secure.bus_file, client_key=client_key, timeout_ms=10_000) as friend:
         stream = friend.subscribe(0, idle_timeout_ms=50)
         assert next(stream) is None  # caught up (nothing yet), now live
-        tracker = BusTracker(bus=secure.bus_file, client_key=client_key)
-        tracker.on_start(MANIFEST)
-        for i in range(30):
-            tracker.on_iteration(IterationState(iteration=i))
-        tracker.on_stop(None, "max_iter_reached")
-        tracker.close()
+        _publish_run(secure.bus_file, client_key, 30)
         live = [ev for ev in _take(stream, 32)]
         assert [ev.seq for ev in live] == list(range(32))
         # Both intruders were connected all along: neither holds a single frame.
@@ -407,12 +408,7 @@ def test_sink_process_and_learner_over_curve(tmp_path, secure, keys):
         [*args, "--client-key", str(keys / "client.key_secret")], tmp_path / "sink.log", env
     ).start()
     try:
-        tracker = BusTracker(bus=secure.bus_file, client_key=keys / "client.key_secret")
-        tracker.on_start(MANIFEST)
-        for i in range(20):
-            tracker.on_iteration(IterationState(iteration=i))
-        tracker.on_stop(None, "max_iter_reached")
-        tracker.close()
+        tracker = _publish_run(secure.bus_file, keys / "client.key_secret", 20)
         path = out / f"{tracker._own_run}.jsonl"
         assert wait_until(lambda: path.exists() and path.read_bytes().count(b"\n") == 22)
         assert sink.terminate() == 0
