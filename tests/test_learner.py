@@ -82,18 +82,6 @@ async def test_seed_loop_break_on_metric(engine, recorder):
     assert recorder.calls[-1][2]["final_state"]["metric_value"] == 0.0625
 
 
-async def test_missing_tasks_named_in_error(engine):
-    learner = SequentialActiveLearner(engine)
-
-    @learner.training_task(as_executable=False)
-    async def training(*a, **k):
-        return {}
-
-    with pytest.raises(ValueError, match=r"simulation_task.*active_learn_task"):
-        async for _ in learner.start(max_iter=1):
-            pass
-
-
 async def test_seq_and_run_are_shared_and_gapless(engine):
     learner = build(engine, run_name="gp surrogate/v1")
     a, b = Recorder(), Recorder()

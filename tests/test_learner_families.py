@@ -199,3 +199,26 @@ async def test_parallel_break_reports_stopped_with_last_state(
     assert rec.stop_reason == "stopped"
     final = rec.calls[-1][2]["final_state"]
     assert final["iteration"] == 1 and final["learner_id"] in lanes
+
+
+@pytest.mark.parametrize(
+    "cls, task, name, result, missing, args",
+    [
+        (SequentialActiveLearner, "training_task", "training", {},
+         r"simulation_task.*active_learn_task", ()),
+        (SequentialReinforcementLearner, "environment_task", "env", None, "update_task", ()),
+        (SeqUQLearner, "training_task", "training", {}, "prediction_task", (["a"],)),
+    ],
+    ids=list(FAMILIES),
+)  # fmt: skip
+async def test_missing_tasks_named_in_error(engine, cls, task, name, result, missing, args):
+    bare = cls(engine)
+
+    async def only(*a, **k):
+        return result
+
+    only.__name__ = name
+    getattr(bare, task)(as_executable=False)(only)
+    with pytest.raises(ValueError, match=missing):
+        async for _ in bare.start(*args, max_iter=1):
+            pass

@@ -120,18 +120,6 @@ async def test_start_signature_skip_flags_and_config(engine):
     assert learner.seen["update_args"][0] == ()
 
 
-async def test_start_without_an_update_task_is_refused(engine):
-    bare = SequentialReinforcementLearner(engine)
-
-    @bare.environment_task(as_executable=False)
-    async def env(*a, **k):
-        return None
-
-    with pytest.raises(ValueError, match="update_task"):
-        async for _ in bare.start(max_iter=1):
-            pass
-
-
 async def test_executable_tasks(engine, recorder):
     learner = SequentialReinforcementLearner(engine)
 

@@ -200,16 +200,6 @@ async def test_invalid_starts_report_error(engine, recorder):
             async for _ in learner.start(max_iter=1, **kwargs):
                 pass
 
-    bare = SeqUQLearner(engine)
-
-    @bare.training_task(as_executable=False)
-    async def training(*a, **k):
-        return {}
-
-    with pytest.raises(ValueError, match="prediction_task"):
-        async for _ in bare.start(["a"], max_iter=1):
-            pass
-
 
 def test_uncertainty_decorator_validation(engine):
     learner = SeqUQLearner(engine)
