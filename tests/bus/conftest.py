@@ -21,12 +21,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[BrokerThread]:
-    with BrokerThread(tmp_path / "store") as b:
-        yield b
-
-
-@pytest.fixture
 def client(broker: BrokerThread) -> Iterator[BusClient]:
     c = BusClient(broker.backend, broker.replay, timeout_ms=10_000)
     try:

@@ -16,10 +16,7 @@ import pytest
 
 from tests.mlflow.servers import MLflowServer, PostgresServer, postgres_missing
 from tests.polling import free_port
-from tests.sinks.conftest import (
-    SinkProcess,
-    broker,  # noqa: F401 - the shared fixture
-)
+from tests.sinks.conftest import SinkProcess
 
 MLFLOW_ENV = (
     "MLFLOW_TRACKING_URI",

@@ -10,16 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bus import BrokerThread
 from tests.processes import ChildProcess
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[BrokerThread]:
-    with BrokerThread(tmp_path / "store") as b:
-        yield b
 
 
 class SinkProcess(ChildProcess):

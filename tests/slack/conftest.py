@@ -96,4 +96,4 @@ def _no_proxies(monkeypatch):
         monkeypatch.delenv(key, raising=False)
 
 
-from tests.sinks.conftest import broker, sink_process  # noqa: E402, F401 - shared fixtures
+from tests.sinks.conftest import sink_process  # noqa: E402, F401 - the shared fixture
