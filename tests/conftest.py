@@ -1,15 +1,18 @@
-"""Shared fixtures: a real WorkflowEngine on a thread pool, and a recording tracker."""
+"""Shared fixtures: a real WorkflowEngine, a broker thread, and a recording tracker."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 from radical.asyncflow import WorkflowEngine
 from rhapsody.backends import ConcurrentExecutionBackend
 
+from bus import BrokerThread
 from rose import TrackerBase
 from rose.events import manifest_to_body, state_to_body
 from rose.tracking import event_context
@@ -20,6 +23,13 @@ def _fallback_dir(tmp_path, monkeypatch):
     """BusTrackers' fallback logs go into the test's folder, never the user's state dir."""
     monkeypatch.setenv("ROSE_FALLBACK_DIR", str(tmp_path / "fallback"))
     return tmp_path / "fallback"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[BrokerThread]:
+    """A real broker in a thread on free loopback ports, its store in the test's folder."""
+    with BrokerThread(tmp_path / "store") as b:
+        yield b
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ ROSE 0.3's carries the argument as given (``""``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +31,8 @@ OPERATOR_HERE = {"criterion/operator": "<"}
 TRAINING = {"lr": 0.01, "optimizer": "adam", "--log-dir": "/tmp/rose-layout"}
 
 
-def _al_tasks(learner: Any, criterion: bool) -> Any:
-    mse = iter((0.5, 0.3, 0.05))
+def _simulation_and_training(learner: Any, model: Callable[[dict], str]) -> None:
+    """The tasks every run shares; training reports ``model(its kwargs)`` as its model."""
 
     @learner.simulation_task(as_executable=False)
     async def simulation(*args, **kwargs):
@@ -39,32 +40,34 @@ def _al_tasks(learner: Any, criterion: bool) -> Any:
 
     @learner.training_task(as_executable=False, log_params={"num_gpus": 2})
     async def training(*args, **kwargs):
-        return {"train_loss": 0.25, "model": "gp"}
+        return {"train_loss": 0.25, "model": model(kwargs)}
+
+
+def _active_learn_and_criterion(learner: Any, mse: Callable[[dict], float] | None) -> None:
+    """The last tasks every run shares; the criterion (if any) reports ``mse(its kwargs)``."""
 
     @learner.active_learn_task(as_executable=False)
     async def active_learn(*args, **kwargs):
         return {"picked": 3}
 
-    if criterion:
+    if mse is not None:
 
         @learner.as_stop_criterion(MEAN_SQUARED_ERROR_MSE, threshold=0.1, as_executable=False)
         async def check_mse(*args, **kwargs):
-            return next(mse)
+            return mse(kwargs)
 
+
+def _al_tasks(learner: Any, criterion: bool) -> Any:
+    mse = iter((0.5, 0.3, 0.05))
+    _simulation_and_training(learner, lambda kwargs: "gp")
+    _active_learn_and_criterion(learner, (lambda kwargs: next(mse)) if criterion else None)
     return learner
 
 
 def _uq_tasks(learner: Any) -> Any:
     mse = {"m1": iter((0.5, 0.3, 0.05)), "m2": iter((0.4, 0.2, 0.05))}
     uq = iter((1.0, 0.5, 0.2))
-
-    @learner.simulation_task(as_executable=False)
-    async def simulation(*args, **kwargs):
-        return {"n_sim": 10}
-
-    @learner.training_task(as_executable=False, log_params={"num_gpus": 2})
-    async def training(*args, **kwargs):
-        return {"train_loss": 0.25, "model": kwargs[MODEL_NAME_KWARG]}
+    _simulation_and_training(learner, lambda kwargs: kwargs[MODEL_NAME_KWARG])
 
     @learner.prediction_task(as_executable=False)
     async def prediction(*args, **kwargs):
@@ -76,14 +79,7 @@ def _uq_tasks(learner: Any) -> Any:
     async def check_uq(*args, **kwargs):
         return next(uq)
 
-    @learner.active_learn_task(as_executable=False)
-    async def active_learn(*args, **kwargs):
-        return {"picked": 3}
-
-    @learner.as_stop_criterion(MEAN_SQUARED_ERROR_MSE, threshold=0.1, as_executable=False)
-    async def check_mse(*args, **kwargs):
-        return next(mse[kwargs[MODEL_NAME_KWARG]])
-
+    _active_learn_and_criterion(learner, lambda kwargs: next(mse[kwargs[MODEL_NAME_KWARG]]))
     return learner
 
 
@@ -151,6 +147,26 @@ _GENERAL_AL = {
 }
 
 
+# The sequential and the UQ run share their criterion and end by it at iteration 2.
+_CRITERION_PARAMS = {
+    "criterion/metric_name": "mean_squared_error_mse",
+    "criterion/operator": "",
+    "criterion/threshold": "0.1",
+}
+_CRITERION_GENERAL = {
+    "criterion/metric_name": ("mean_squared_error_mse", "str"),
+    "criterion/operator": ("", "str"),
+    "criterion/threshold": ("0.1", "float"),
+}
+_MET_AT_2_TAGS = {
+    "config/training/optimizer": "adam",
+    "final_iteration": "2",
+    "stop_reason": "criterion_met",
+}
+_MET_AT_2_CLEARML_TAGS = ["final_iter:2", "stop:criterion_met"]
+_CURRENT_CONFIG = {"training/optimizer": ("adam", "str")}
+
+
 def _scalars(series: str, iterations: range, extra: dict[str, float] | None = None) -> list:
     values = {"n_sim": 10.0, "train_loss": 0.25, "picked": 3.0, **(extra or {})}
     return [(k, series, i, v) for i in iterations for k, v in values.items()]
@@ -161,9 +177,7 @@ SEQ = Layout(
     mlflow={
         "status": "FINISHED",
         "params": {
-            "criterion/metric_name": "mean_squared_error_mse",
-            "criterion/operator": "",
-            "criterion/threshold": "0.1",
+            **_CRITERION_PARAMS,
             "learner_type": "SequentialActiveLearner",
             "parallel_learners": "None",
             **_AL_PARAMS,
@@ -175,11 +189,7 @@ SEQ = Layout(
             "picked": _steps(3.0, 3),
             "train_loss": _steps(0.25, 3),
         },
-        "tags": {
-            "config/training/optimizer": "adam",
-            "final_iteration": "2",
-            "stop_reason": "criterion_met",
-        },
+        "tags": _MET_AT_2_TAGS,
     },
     mlflow_extra_params=frozenset({"rose.task.criterion.as_executable"}),
     mlflow_extra_tags=frozenset(),
@@ -187,16 +197,14 @@ SEQ = Layout(
     clearml={
         "hyperparams": {
             "General": {
-                "criterion/metric_name": ("mean_squared_error_mse", "str"),
-                "criterion/operator": ("", "str"),
-                "criterion/threshold": ("0.1", "float"),
+                **_CRITERION_GENERAL,
                 "learner_type": ("SequentialActiveLearner", "str"),
                 "parallel_learners": ("", None),
                 **_GENERAL_AL,
             },
-            "current_config": {"training/optimizer": ("adam", "str")},
+            "current_config": _CURRENT_CONFIG,
         },
-        "tags": ["final_iter:2", "stop:criterion_met"],
+        "tags": _MET_AT_2_CLEARML_TAGS,
         "scalars": [
             *_scalars("value", range(3), {"config/training/lr": 0.01}),
             ("mean_squared_error_mse", "value", 0, 0.5),
@@ -244,7 +252,7 @@ PAR = Layout(
                 "parallel_learners": ("", None),
                 **_GENERAL_AL,
             },
-            "current_config": {"training/optimizer": ("adam", "str")},
+            "current_config": _CURRENT_CONFIG,
         },
         "tags": ["stop:max_iter_reached"],
         "scalars": [
@@ -275,9 +283,7 @@ UQ = Layout(
     mlflow={
         "status": "FINISHED",
         "params": {
-            "criterion/metric_name": "mean_squared_error_mse",
-            "criterion/operator": "",
-            "criterion/threshold": "0.1",
+            **_CRITERION_PARAMS,
             "learner_type": "SeqUQLearner",
             "parallel_learners": "None",
             "task.simulation.as_executable": "False",
@@ -297,11 +303,7 @@ UQ = Layout(
             "mean_squared_error_mse": list(enumerate(_UQ_MSE)),
             "config/training/lr": _steps(0.01, 3),
         },
-        "tags": {
-            "config/training/optimizer": "adam",
-            "final_iteration": "2",
-            "stop_reason": "criterion_met",
-        },
+        "tags": _MET_AT_2_TAGS,
     },
     mlflow_extra_params=frozenset({"rose.task.criterion.as_executable"}),
     mlflow_extra_tags=frozenset(),
@@ -309,9 +311,7 @@ UQ = Layout(
     clearml={
         "hyperparams": {
             "General": {
-                "criterion/metric_name": ("mean_squared_error_mse", "str"),
-                "criterion/operator": ("", "str"),
-                "criterion/threshold": ("0.1", "float"),
+                **_CRITERION_GENERAL,
                 "learner_type": ("SeqUQLearner", "str"),
                 "parallel_learners": ("", None),
                 "task/simulation/as_executable": ("False", "bool"),
@@ -325,9 +325,9 @@ UQ = Layout(
                 "task/uncertainty/operator": ("<", "str"),
                 "task/active_learn/as_executable": ("False", "bool"),
             },
-            "current_config": {"training/optimizer": ("adam", "str")},
+            "current_config": _CURRENT_CONFIG,
         },
-        "tags": ["final_iter:2", "stop:criterion_met"],
+        "tags": _MET_AT_2_CLEARML_TAGS,
         "scalars": [
             (k, "value", i, v)
             for i in range(3)

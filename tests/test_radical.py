@@ -59,8 +59,8 @@ async def test_tracked_learner_on_local_pilot_into_file_and_mlflow_sinks(
     from bus import BrokerThread, BusTracker
     from rose.eventlog import read_events
     from tests.mlflow.helpers import mlflow_content
+    from tests.polling import wait_until
     from tests.sinks.conftest import SinkProcess
-    from tests.sinks.helpers import wait_until
 
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
         monkeypatch.delenv(name, raising=False)

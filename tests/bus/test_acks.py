@@ -16,8 +16,9 @@ from cli.main import main as rose_main
 from rose.eventlog import read_events
 from rose.events import MAX_EVENT_BYTES, decode, encode, iteration_event
 from rose.tracking import EventContext, IterationState, PipelineManifest
+from tests.polling import free_port, wait_until
 
-from .conftest import REPO, free_port, wait_until
+from .conftest import REPO
 
 MANIFEST = PipelineManifest(learner_type="Test")
 

@@ -17,8 +17,9 @@ from bus import BrokerThread, BusClient, BusError, BusTracker
 from bus.wire import make_header, topic_for
 from rose.events import SCHEMA_VERSION, decode
 from rose.tracking import IterationState, PipelineManifest
+from tests.polling import free_port, wait_until
 
-from .conftest import REPO, BrokerProcess, free_port, wait_until
+from .conftest import REPO, BrokerProcess
 
 
 def _publisher(zctx: zmq.Context, endpoint: str) -> zmq.Socket:

@@ -7,8 +7,7 @@ import pytest
 from bus import BrokerThread, BusClient, BusTracker, StoreChangedError
 from rose.events import decode
 from rose.tracking import IterationState, PipelineManifest
-
-from .conftest import free_port, wait_until
+from tests.polling import free_port, wait_until
 
 
 def _publish(endpoint: str, n: int) -> str:

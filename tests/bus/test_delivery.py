@@ -14,8 +14,9 @@ from rose.eventlog import read_events
 from rose.events import decode, plain_equal
 from rose.integrations.file_tracker import FileTracker
 from rose.tracking import TrackerBase
+from tests.polling import free_port, wait_until
 
-from .conftest import REPO, build_learner, free_port, wait_until
+from .conftest import REPO, build_learner
 
 N_ITER = 5
 N_EVENTS = N_ITER + 2  # start, iterations, stop

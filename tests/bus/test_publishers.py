@@ -10,11 +10,32 @@ import pytest
 
 from bus import BusClient
 from cli.main import main as rose_main
+from tests.polling import wait_until
 
-from .conftest import REPO, wait_until
+from .conftest import REPO
 
 TRACKERS = 64  # per process
 EVENTS = 40  # per tracker: start, 38 iterations, stop
+
+
+def run_publishers(processes: int, frontend: str, *args: object, timeout: float) -> list[dict]:
+    """``processes`` publisher processes (tests.bus._publisher) at once; each one's report."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.bus._publisher", frontend, *map(str, args)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    reports = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, err
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    return reports
 
 
 @pytest.mark.parametrize(
@@ -23,28 +44,7 @@ EVENTS = 40  # per tracker: start, 38 iterations, stop
 def test_concurrent_publishers_lose_nothing(broker, processes):
     """256 (or, in the slow suite, 1024) publishers connected at once."""
     PROCESSES = processes  # noqa: N806
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.bus._publisher",
-                broker.frontend,
-                str(TRACKERS),
-                str(EVENTS),
-            ],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(PROCESSES)
-    ]
-    reports = []
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
-        reports.append(json.loads(out.strip().splitlines()[-1]))
+    reports = run_publishers(PROCESSES, broker.frontend, TRACKERS, EVENTS, timeout=120)
     runs = [r for rep in reports for r in rep["runs"]]
     assert len(set(runs)) == PROCESSES * TRACKERS
     assert sum(rep["dropped"] for rep in reports) == 0
@@ -80,22 +80,7 @@ def test_a_storm_of_default_publishers_is_stored_whole(broker, processes, tracke
     replaying it must then complete the store.
     """
     events = 200
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.bus._publisher", broker.frontend, str(trackers)]
-            + [str(events), "defaults"],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(processes)
-    ]
-    reports = []
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
-        reports.append(json.loads(out.strip().splitlines()[-1]))
+    reports = run_publishers(processes, broker.frontend, trackers, events, "defaults", timeout=300)
     total = processes * trackers * events
     acked = sum(r["acknowledged"] for r in reports)
     fallback = sum(r["fallback"] for r in reports)

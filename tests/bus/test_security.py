@@ -23,8 +23,9 @@ from bus.wire import make_header, topic_for
 from cli.main import main as rose_main
 from rose.eventlog import read_events
 from rose.tracking import IterationState, PipelineManifest
+from tests.polling import wait_until
 
-from .conftest import REPO, wait_until
+from .conftest import REPO
 
 MANIFEST = PipelineManifest(learner_type="Secure")
 
@@ -56,6 +57,37 @@ def _stranger(tmp_path: Path) -> Path:
     """A well-formed key pair the broker has never heard of."""
     _public, secret = generate_keypair(tmp_path / "stranger", "stranger")
     return secret
+
+
+def _intruders(zctx, kind: int, endpoint: str, keys: Path, tmp_path: Path) -> list[zmq.Socket]:
+    """Two sockets of ``kind`` connected to ``endpoint``: one with a key the broker does
+    not know, one without CURVE at all."""
+    stranger = load_keypair(_stranger(tmp_path))
+    server = load_keypair(keys / "broker.key_secret").public
+    socks = []
+    for pair in (stranger, None):
+        sock = zctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if pair is not None:
+            sock.curve_serverkey = server
+            sock.curve_publickey = pair.public
+            sock.curve_secretkey = pair.secret
+        if kind == zmq.SUB:
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(endpoint)
+        socks.append(sock)
+    return socks
+
+
+def _publish_run(bus_file: Path, client_key: Path, iterations: int) -> BusTracker:
+    """A whole run (start, ``iterations`` iterations, stop) through a CURVE BusTracker, closed."""
+    tracker = BusTracker(bus=bus_file, client_key=client_key)
+    tracker.on_start(MANIFEST)
+    for i in range(iterations):
+        tracker.on_iteration(IterationState(iteration=i))
+    tracker.on_stop(None, "max_iter_reached")
+    tracker.close()
+    return tracker
 
 
 def _mode(p: Path) -> int:
@@ -133,12 +165,7 @@ def test_authorized_learner_and_sink_over_curve(secure, keys):
     # The broker's key comes from bus.json; the client's own pair from the argument.
     with BusClient.from_file(secure.bus_file, client_key=client_key, timeout_ms=10_000) as client:
         stream = client.subscribe(0, idle_timeout_ms=100)
-        tracker = BusTracker(bus=secure.bus_file, client_key=client_key)
-        tracker.on_start(MANIFEST)
-        for i in range(50):
-            tracker.on_iteration(IterationState(iteration=i))
-        tracker.on_stop(None, "max_iter_reached")
-        tracker.close()
+        tracker = _publish_run(secure.bus_file, client_key, 50)
         assert tracker.dropped == 0
         got = []
         for ev in stream:
@@ -152,18 +179,7 @@ def test_authorized_learner_and_sink_over_curve(secure, keys):
 
 def test_unknown_and_plain_publishers_get_nothing_in(secure, keys, tmp_path, zctx, caplog):
     caplog.set_level(logging.WARNING, logger="bus.security")
-    stranger = load_keypair(_stranger(tmp_path))
-    server = load_keypair(keys / "broker.key_secret").public
-    intruders = []
-    for pair in (stranger, None):  # a wrong key, and no CURVE at all
-        sock = zctx.socket(zmq.XPUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        if pair is not None:
-            sock.curve_serverkey = server
-            sock.curve_publickey = pair.public
-            sock.curve_secretkey = pair.secret
-        sock.connect(secure.frontend)
-        intruders.append(sock)
+    intruders = _intruders(zctx, zmq.XPUB, secure.frontend, keys, tmp_path)
     # A BusTracker with the stranger's key: constructed fine, never let in.
     rogue = BusTracker(bus=secure.bus_file, client_key=_stranger(tmp_path / "b"), start_wait_ms=0)
     with BusClient.from_file(
@@ -197,29 +213,12 @@ def test_unknown_and_plain_publishers_get_nothing_in(secure, keys, tmp_path, zct
 
 
 def test_unknown_subscribers_and_requesters_get_nothing_out(secure, keys, tmp_path, zctx):
-    stranger = load_keypair(_stranger(tmp_path))
-    server = load_keypair(keys / "broker.key_secret").public
-    subs = []
-    for pair in (stranger, None):
-        sub = zctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        if pair is not None:
-            sub.curve_serverkey = server
-            sub.curve_publickey = pair.public
-            sub.curve_secretkey = pair.secret
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(secure.backend)
-        subs.append(sub)
+    subs = _intruders(zctx, zmq.SUB, secure.backend, keys, tmp_path)
     client_key = keys / "client.key_secret"
     with BusClient.from_file(secure.bus_file, client_key=client_key, timeout_ms=10_000) as friend:
         stream = friend.subscribe(0, idle_timeout_ms=50)
         assert next(stream) is None  # caught up (nothing yet), now live
-        tracker = BusTracker(bus=secure.bus_file, client_key=client_key)
-        tracker.on_start(MANIFEST)
-        for i in range(30):
-            tracker.on_iteration(IterationState(iteration=i))
-        tracker.on_stop(None, "max_iter_reached")
-        tracker.close()
+        _publish_run(secure.bus_file, client_key, 30)
         live = [ev for ev in _take(stream, 32)]
         assert [ev.seq for ev in live] == list(range(32))
         # Both intruders were connected all along: neither holds a single frame.
@@ -409,12 +408,7 @@ def test_sink_process_and_learner_over_curve(tmp_path, secure, keys):
         [*args, "--client-key", str(keys / "client.key_secret")], tmp_path / "sink.log", env
     ).start()
     try:
-        tracker = BusTracker(bus=secure.bus_file, client_key=keys / "client.key_secret")
-        tracker.on_start(MANIFEST)
-        for i in range(20):
-            tracker.on_iteration(IterationState(iteration=i))
-        tracker.on_stop(None, "max_iter_reached")
-        tracker.close()
+        tracker = _publish_run(secure.bus_file, keys / "client.key_secret", 20)
         path = out / f"{tracker._own_run}.jsonl"
         assert wait_until(lambda: path.exists() and path.read_bytes().count(b"\n") == 22)
         assert sink.terminate() == 0

@@ -10,8 +10,7 @@ import zmq
 from bus import BrokerThread, BusClient, BusTracker
 from rose.eventlog import read_events
 from rose.tracking import IterationState, PipelineManifest
-
-from .conftest import free_port, wait_until
+from tests.polling import free_port, wait_until
 
 MANIFEST = PipelineManifest(learner_type="Test")
 

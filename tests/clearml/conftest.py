@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.sinks.conftest import broker, sink_process  # noqa: F401 - shared fixtures
+from tests.sinks.conftest import sink_process  # noqa: F401 - the shared fixture
 
 os.environ["CLEARML_OFFLINE_MODE"] = "1"
 for _key in (

@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import threading
 from pathlib import Path
 
 import pytest
@@ -23,8 +22,8 @@ from rose.integrations.clearml_tracker import ClearMLTracker
 from rose.integrations.file_tracker import FileTracker
 from tests.clearml.conftest import by_run, normalized, sessions
 from tests.clearml.pipelines import register
-from tests.sinks.helpers import run_events, wait_until
-from tests.sinks.test_bus_sinks import interleave, publish
+from tests.polling import wait_until
+from tests.sinks.helpers import Publisher, interleave, publish, run_events
 
 BOUND_S = 90.0
 CLEAN_ENV = INHERITED_ENV
@@ -36,6 +35,12 @@ def sink_env(cache: Path) -> dict[str, str]:
         "CLEARML_OFFLINE_MODE": "1",
         **dict.fromkeys(CLEAN_ENV, ""),
     }
+
+
+def sink_args(broker, state: Path, *options: str) -> tuple[str, ...]:
+    """``rose sink clearml`` on the test's bus, into project ROSE-test, with ``options``."""
+    return ("clearml", "--bus", str(broker.bus_file), "--project", "ROSE-test",
+            "--state", str(state), *options)  # fmt: skip
 
 
 def journal(state: Path, run: str) -> dict:
@@ -81,17 +86,7 @@ async def test_contract_in_process_equals_bus_equals_replay(
 ):
     bus_cache, state = tmp_path / "bus-cache", tmp_path / "bus-state"
     sink = sink_process(
-        "clearml",
-        "--bus",
-        str(broker.bus_file),
-        "--project",
-        "ROSE-test",
-        "--task-name",
-        "contract-01",
-        "--learner-names",
-        "A,B",
-        "--state",
-        str(state),
+        *sink_args(broker, state, "--task-name", "contract-01", "--learner-names", "A,B"),
         name="clearml",
         env=sink_env(bus_cache),
     )
@@ -139,19 +134,7 @@ async def test_contract_in_process_equals_bus_equals_replay(
 def test_two_concurrent_runs_into_one_sink(tmp_path, broker, sink_process):
     runs = {r: run_events(r, 25) for r in ("alpha", "beta")}
     cache, state = tmp_path / "cache", tmp_path / "state"
-    sink = sink_process(
-        "clearml",
-        "--bus",
-        str(broker.bus_file),
-        "--project",
-        "ROSE-test",
-        "--state",
-        str(state),
-        "--batch",
-        "5",
-        name="clearml",
-        env=sink_env(cache),
-    )
+    sink = sink_process(*sink_args(broker, state, "--batch", "5"), name="clearml", env=sink_env(cache))
     publish(broker.bus_file, interleave(*runs.values()), pace_every=5).close()
     wait_until(lambda: closed(state, runs), timeout=BOUND_S, what="both tasks closed")
     assert sink.terminate() == 0
@@ -183,26 +166,9 @@ def test_kill_9_and_restart_loses_and_duplicates_nothing(
 ):
     runs = {f"k{i}": run_events(f"k{i}", 150) for i in range(2)}
     cache, state = tmp_path / "cache", tmp_path / "state"
-    args = (
-        "clearml",
-        "--bus",
-        str(broker.bus_file),
-        "--project",
-        "ROSE-test",
-        "--state",
-        str(state),
-        "--batch",
-        "10",
-    )
+    args = sink_args(broker, state, "--batch", "10")
     first = sink_process(*args, name="first", env=sink_env(cache))
-    done = threading.Event()
-
-    def learner() -> None:
-        publish(broker.bus_file, interleave(*runs.values()), pace_every=4).close()
-        done.set()
-
-    t = threading.Thread(target=learner, name="publisher", daemon=True)
-    t.start()
+    publisher = Publisher(broker.bus_file, runs, pace_every=4)
     wait_until(
         lambda: all(journal(state, r).get("next_seq", 0) > 20 for r in runs),
         timeout=BOUND_S,
@@ -216,8 +182,7 @@ def test_kill_9_and_restart_loses_and_duplicates_nothing(
                 os.kill(pid, signal.SIGKILL)  # children of the sink this test started
     first.proc.wait(10)
     sink_process(*args, name="second", env=sink_env(cache))
-    t.join(BOUND_S)
-    assert done.is_set()
+    publisher.join(BOUND_S)
     wait_until(lambda: closed(state, runs), timeout=BOUND_S, what="all tasks closed after restart")
     tasks = by_run(cache)
     assert sorted(tasks) == sorted(runs)

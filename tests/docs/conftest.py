@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.bus.conftest import free_port  # noqa: F401  (used by the walk tests)
-from tests.bus.conftest import wait_until as _poll
+from tests.polling import wait_until as _poll
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
@@ -56,9 +56,8 @@ def sh(cmd: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 
     return proc
 
 
-def wait_until(predicate, timeout: float = 30.0) -> bool:
-    """The bus tests' poll, with the longer bound that commands run as processes need."""
-    return _poll(predicate, timeout, every=0.05)
+#: The tests' poll, with the longer bound that commands run as processes need.
+wait_until = functools.partial(_poll, timeout=30.0, every=0.05)
 
 
 def pattern(message: str) -> re.Pattern:

@@ -13,7 +13,9 @@ import subprocess
 
 import pytest
 
-from .conftest import REPO, block, commands, free_port, sh, shell_env, wait_until
+from tests.polling import free_port
+
+from .conftest import REPO, block, commands, sh, shell_env, wait_until
 
 pytest.importorskip("mlflow")
 

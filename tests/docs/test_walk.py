@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BIN, REPO, block, commands, free_port, pattern, sh, shell_env, wait_until
+from tests.polling import free_port
+
+from .conftest import BIN, REPO, block, commands, pattern, sh, shell_env, wait_until
 
 pytest.importorskip("mlflow")
 

@@ -12,19 +12,22 @@ reference and returns the numbers the summary at the end of the run prints.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.polling import free_port
+from tests.polling import wait_until as _poll
+from tests.processes import ChildProcess
 
 REPO = Path(__file__).resolve().parents[2]
 BOUND_S = 90.0
@@ -49,21 +52,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(line)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(pred: Callable[[], Any], what: str, timeout: float = BOUND_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
+#: The tests' poll with the bound that real daemons under fault need.
+wait_until = functools.partial(_poll, timeout=BOUND_S, every=0.05)
 
 
 def limit_file_size(limit: int) -> Callable[[], None]:
@@ -85,8 +75,11 @@ def raise_file_size_limit(pid: int) -> None:
     resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
 
-class Daemon:
+class Daemon(ChildProcess):
     """One ``rose ...`` daemon; every (re)start is a new process with its own log file."""
+
+    TERMINATE_WAIT_S = 60.0
+    KILL_WAIT_S = 20.0
 
     def __init__(
         self,
@@ -134,11 +127,6 @@ class Daemon:
         return self.proc.poll() is not None or self.ready(self)
 
     @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -158,14 +146,6 @@ class Daemon:
         self.proc.send_signal(signal.SIGCONT)
         self.events[-1] = "SIGSTOP/SIGCONT"
 
-    def terminate(self, timeout: float = 60.0) -> int:
-        """SIGTERM (after a SIGCONT, in case it is stopped); the exit status."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-        return self.proc.wait(timeout)
-
     def wait_ready(self) -> None:
         if self.ready is not None:
             wait_until(self._ready_or_dead, f"{self.name} to be ready", timeout=60)
@@ -178,12 +158,6 @@ class Daemon:
         assert rc == 0, f"{self.name} exited {rc} on SIGTERM:\n{self.log()[-3000:]}"
         self.events.append("SIGTERM (exit 0) + restart")
         self.start(wait=wait)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(20)
 
     def log(self) -> str:
         return "".join(p.read_text(errors="replace") for p in self.logs if p.exists())

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.polling import free_port
 from tests.sinks.helpers import run_events
 
-from .conftest import REPORT, Daemon, free_port
+from .conftest import REPORT, Daemon
 from .test_store_damage import rose
 
 

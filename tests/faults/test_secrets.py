@@ -12,9 +12,7 @@ test's directory, nor in the process listing taken while everything ran.
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
-from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -29,19 +27,10 @@ SECRETS = [DECOR_SECRET, SLACK_SECRET, MLFLOW_PASSWORD, MLFLOW_TOKEN]
 
 @pytest.fixture
 def fake_slack():
-    from tests.slack.conftest import FakeSlack, _handler
+    from tests.slack.conftest import serving
 
-    fake = FakeSlack()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    t = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True, name="slack")
-    t.start()
-    fake.url = f"http://127.0.0.1:{server.server_port}/services/{SLACK_SECRET}"
-    try:
+    with serving(SLACK_SECRET) as fake:
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        t.join(5)
 
 
 def _process_listing() -> str:

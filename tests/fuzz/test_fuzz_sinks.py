@@ -237,21 +237,10 @@ def test_mlflow_sink(tmp_path, caplog, monkeypatch):
 
 @pytest.fixture
 def slack():
-    from http.server import ThreadingHTTPServer
+    from tests.slack.conftest import serving
 
-    from tests.slack.conftest import FakeSlack, _handler
-
-    fake = FakeSlack()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    t = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True, name="slack")
-    t.start()
-    fake.url = f"http://127.0.0.1:{server.server_port}/services/T0/B0/fuzz"
-    try:
+    with serving("T0/B0/fuzz") as fake:
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        t.join(5)
 
 
 def test_slack_sink(tmp_path, caplog, monkeypatch, slack):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mlflow.servers import MLflowServer, PostgresServer, free_port, postgres_missing
+from tests.mlflow.servers import MLflowServer, PostgresServer, postgres_missing
+from tests.polling import free_port
 from tests.sinks.conftest import SinkProcess
 
 MLFLOW_ENV = (
@@ -29,14 +30,6 @@ def _no_inherited_mlflow_env(monkeypatch):
     """Every test names its own store; nothing from the caller's environment leaks in."""
     for name in MLFLOW_ENV:
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def broker(tmp_path: Path):
-    from bus import BrokerThread
-
-    with BrokerThread(tmp_path / "store") as b:
-        yield b
 
 
 @pytest.fixture

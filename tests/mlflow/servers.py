@@ -15,7 +15,6 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,14 +22,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.polling import free_port
+
 PG_USER = "postgres"  # the OS user that runs the cluster when we are root
 PG_SUPERUSER = "rose"  # the database superuser initdb creates
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def postgres_bindir() -> Path | None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -35,28 +33,11 @@ from tests.mlflow.helpers import (  # noqa: E402
     run_learner,
     sqlite_uri,
 )
-from tests.sinks.helpers import run_events, wait_until  # noqa: E402
+from tests.polling import wait_until  # noqa: E402
+from tests.sinks.helpers import Publisher, interleave, publish, run_events  # noqa: E402
 
 BOUND_S = 90.0
 EXP = "contract"
-
-
-def publish(bus_file: Path, events: list[dict], *, pace_every: int = 0) -> BusTracker:
-    """Publish ready-made events through a real BusTracker, as a learner would."""
-    tracker = BusTracker(bus=bus_file)
-    for i, e in enumerate(events):
-        tracker.emit(e)
-        if pace_every and i % pace_every == 0:
-            time.sleep(0.002)
-    assert tracker.flush(20_000)
-    return tracker
-
-
-def interleave(*runs: list[dict]) -> list[dict]:
-    out = []
-    for i in range(max(len(r) for r in runs)):
-        out.extend(r[i] for r in runs if i < len(r))
-    return out
 
 
 class Store:
@@ -190,14 +171,7 @@ def test_kill_9_mid_run_and_restart(tmp_path, broker, mlflow_sink, store):
         *(("--workers", "3") if store.server is not None else ()),
     )  # fmt: skip
     first = mlflow_sink(*args, name="first")
-    done = threading.Event()
-
-    def learner() -> None:
-        publish(broker.bus_file, interleave(*runs.values()), pace_every=10).close()
-        done.set()
-
-    t = threading.Thread(target=learner, name="publisher", daemon=True)
-    t.start()
+    publisher = Publisher(broker.bus_file, runs, pace_every=10)
 
     def progress() -> int:
         return sum(int(p.split(":")[0]) for p in positions(uri, exp).values())
@@ -207,8 +181,7 @@ def test_kill_9_mid_run_and_restart(tmp_path, broker, mlflow_sink, store):
     first.proc.wait(10)
     killed_at = progress()
     mlflow_sink(*args, name="second")
-    t.join(BOUND_S)
-    assert done.is_set()
+    publisher.join(BOUND_S)
     total = sum(len(e) for e in runs.values())
     assert 0 < killed_at < total
     wait_complete(uri, exp, runs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,18 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from bus import BrokerThread
+from tests.processes import ChildProcess
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[BrokerThread]:
-    with BrokerThread(tmp_path / "store") as b:
-        yield b
-
-
-class SinkProcess:
+class SinkProcess(ChildProcess):
     """``rose sink ...`` as a real process; every exit path kills it (bounded)."""
 
     def __init__(self, args: list[str], log_path: Path, env: dict | None = None) -> None:
@@ -43,27 +36,9 @@ class SinkProcess:
         log.close()
         return self
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
-
-    def terminate(self, timeout: float = 20.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(10)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -1,12 +1,13 @@
-"""Event factories and small waiting helpers for the sink tests."""
+"""Event factories, publishers, a hand-moved clock and a runtime thread for the sink tests."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from bus import BusTracker
 from rose.events import iteration_event, start_event, stop_event
 from rose.tracking import (
     CriterionManifest,
@@ -42,6 +43,46 @@ def run_events(run: str, iterations: int = 5, *, t0: float = 1_700_000_000.0) ->
     return out
 
 
+def interleave(*runs: list[dict]) -> list[dict]:
+    """The events of several runs in turn, as concurrent learners would send them."""
+    out = []
+    for i in range(max(len(r) for r in runs)):
+        out.extend(r[i] for r in runs if i < len(r))
+    return out
+
+
+def publish(bus_file: Path, events: list[dict], *, pace_every: int = 0) -> BusTracker:
+    """Publish ready-made events through a real BusTracker, as a learner would."""
+    tracker = BusTracker(bus=bus_file)
+    for i, e in enumerate(events):
+        tracker.emit(e)
+        if pace_every and i % pace_every == 0:
+            time.sleep(0.002)
+    assert tracker.flush(20_000)
+    return tracker
+
+
+class Publisher:
+    """``publish`` the runs interleaved from a thread, while the test kills and restarts sinks."""
+
+    def __init__(self, bus_file: Path, runs: dict[str, list[dict]], pace_every: int) -> None:
+        self.done = threading.Event()
+        self.thread = threading.Thread(
+            target=self._run, args=(bus_file, interleave(*runs.values()), pace_every),
+            name="publisher", daemon=True,
+        )  # fmt: skip
+        self.thread.start()
+
+    def _run(self, bus_file: Path, events: list[dict], pace_every: int) -> None:
+        publish(bus_file, events, pace_every=pace_every).close()
+        self.done.set()
+
+    def join(self, timeout: float) -> None:
+        """Wait (bounded) for the last event to be flushed to the broker."""
+        self.thread.join(timeout)
+        assert self.done.is_set()
+
+
 class ManualClock:
     """A monotonic clock the test moves by hand."""
 
@@ -53,14 +94,6 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 class RuntimeThread:

@@ -6,10 +6,10 @@ bus == replay of the log (and of the broker store) into a new file sink, byte fo
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +28,8 @@ from rose.integrations.file_tracker import FileTracker
 from rose.metrics import MEAN_SQUARED_ERROR_MSE
 from rose.tracking import EventContext
 from sinks.state import read_status
-from tests.sinks.helpers import run_events, wait_until
+from tests.polling import wait_until
+from tests.sinks.helpers import Publisher, interleave, publish, run_events
 
 BOUND_S = 60.0
 
@@ -77,7 +78,14 @@ def wait_lines(path: Path, n: int, what: str = "sink output") -> None:
     wait_until(lambda: lines_of(path) >= n, timeout=BOUND_S, what=what)
 
 
-async def test_contract_in_process_equals_bus_equals_replay(tmp_path, broker, sink_process):
+async def file_contract(tmp_path: Path, broker, sink_process, learn) -> tuple:
+    """The in-process == bus == replay contract for files, around one learner run.
+
+    ``await learn(trackers)`` runs a learner with a FileTracker and a BusTracker
+    and returns its run id; the file sink on the bus, and a replay of what it
+    wrote, hold the FileTracker's bytes.  Returns (run id, those bytes, the
+    bus sink's log, the sink) for the checks of each learner family.
+    """
     sink = sink_process(
         "file", "--bus", str(broker.bus_file), "--out", str(tmp_path / "bus-out"), name="file"
     )
@@ -85,19 +93,33 @@ async def test_contract_in_process_equals_bus_equals_replay(tmp_path, broker, si
     inproc.mkdir()
     bus_tracker = BusTracker(bus=broker.bus_file)
     try:
-        run, states = await run_learner(tmp_path, [FileTracker(inproc), bus_tracker])
+        run = await learn([FileTracker(inproc), bus_tracker])
     finally:
         bus_tracker.close()
-    assert len(states) == 6 and bus_tracker.dropped == 0
+    assert bus_tracker.dropped == 0
     expected = (inproc / f"{run}.jsonl").read_bytes()
     via_bus = tmp_path / "bus-out" / f"{run}.jsonl"
-    wait_lines(via_bus, 8)
+    wait_lines(via_bus, expected.count(b"\n"))
     assert sink.terminate() == 0
     assert via_bus.read_bytes() == expected
-
-    # Replay of the log, and of the broker's store, into new file sinks.
     assert rose_main(["replay", str(via_bus), "--into", "file", "--out", str(tmp_path / "r1")]) == 0
     assert (tmp_path / "r1" / f"{run}.jsonl").read_bytes() == expected
+    assert "Traceback" not in sink.output()
+    return run, expected, via_bus, sink
+
+
+async def test_contract_in_process_equals_bus_equals_replay(tmp_path, broker, sink_process):
+    states = []
+
+    async def learn(trackers: list) -> str:
+        run, got = await run_learner(tmp_path, trackers)
+        states.extend(got)
+        return run
+
+    run, expected, via_bus, sink = await file_contract(tmp_path, broker, sink_process, learn)
+    assert len(states) == 6 and expected.count(b"\n") == 8
+
+    # Replay of the broker's store (the log's replay is in the contract) into a new file sink.
     store = str(broker.bus_file.parent)  # read through the running broker
     assert rose_main(["replay", store, "--into", "file", "--out", str(tmp_path / "r2")]) == 0
     assert (tmp_path / "r2" / f"{run}.jsonl").read_bytes() == expected
@@ -149,18 +171,8 @@ async def run_selector(tmp_path: Path, trackers: list) -> str:
 
 async def test_contract_algorithm_selector(tmp_path, broker, sink_process):
     """The in-process == bus == replay contract holds for an AlgorithmSelector run."""
-    sink = sink_process(
-        "file", "--bus", str(broker.bus_file), "--out", str(tmp_path / "bus-out"), name="file"
-    )
-    inproc = tmp_path / "inproc"
-    inproc.mkdir()
-    bus_tracker = BusTracker(bus=broker.bus_file)
-    try:
-        run = await run_selector(tmp_path, [FileTracker(inproc), bus_tracker])
-    finally:
-        bus_tracker.close()
-    assert bus_tracker.dropped == 0
-    expected = (inproc / f"{run}.jsonl").read_bytes()
+    learn = functools.partial(run_selector, tmp_path)
+    run, expected, _, _ = await file_contract(tmp_path, broker, sink_process, learn)
     events = [json.loads(line) for line in expected.splitlines()]
     assert [e["kind"] for e in events] == ["start"] + ["iteration"] * 7 + ["stop"]
     assert events[0]["body"]["learner_type"] == "AlgorithmSelector"
@@ -168,31 +180,6 @@ async def test_contract_algorithm_selector(tmp_path, broker, sink_process):
     ids = [e["body"]["learner_id"] for e in events if e["kind"] == "iteration"]
     assert sorted(ids) == ["greedy"] * 3 + ["random"] * 4
     assert events[-1]["body"]["final_state"]["learner_id"] == "greedy"
-    via_bus = tmp_path / "bus-out" / f"{run}.jsonl"
-    wait_lines(via_bus, len(events))
-    assert sink.terminate() == 0
-    assert via_bus.read_bytes() == expected
-    assert rose_main(["replay", str(via_bus), "--into", "file", "--out", str(tmp_path / "r1")]) == 0
-    assert (tmp_path / "r1" / f"{run}.jsonl").read_bytes() == expected
-    assert "Traceback" not in sink.output()
-
-
-def publish(bus_file: Path, events: list[dict], *, pace_every: int = 0) -> BusTracker:
-    """Publish ready-made events through a real BusTracker (as a learner would)."""
-    tracker = BusTracker(bus=bus_file)
-    for i, e in enumerate(events):
-        tracker.emit(e)
-        if pace_every and i % pace_every == 0:
-            time.sleep(0.002)
-    assert tracker.flush(20_000)
-    return tracker
-
-
-def interleave(*runs: list[dict]) -> list[dict]:
-    out = []
-    for i in range(max(len(r) for r in runs)):
-        out.extend(r[i] for r in runs if i < len(r))
-    return out
 
 
 def assert_exact(out: Path, runs: dict[str, list[dict]]) -> None:
@@ -207,22 +194,13 @@ def test_kill_9_mid_run_and_restart(tmp_path, broker, sink_process):
     out = tmp_path / "out"
     args = ("file", "--bus", str(broker.bus_file), "--out", str(out), "--batch", "50")
     sink = sink_process(*args, name="first")
-    done = threading.Event()
-
-    def learner() -> None:
-        tracker = publish(broker.bus_file, interleave(*runs.values()), pace_every=25)
-        tracker.close()
-        done.set()
-
-    t = threading.Thread(target=learner, name="publisher", daemon=True)
-    t.start()
+    publisher = Publisher(broker.bus_file, runs, pace_every=25)
     wait_until(lambda: lines_of(out / "k0.jsonl") > 200, timeout=BOUND_S, what="progress")
     sink.signal(signal.SIGKILL)
     sink.proc.wait(10)
     killed_at = sum(lines_of(out / f"{r}.jsonl") for r in runs)
     sink_process(*args, name="second")
-    t.join(BOUND_S)
-    assert done.is_set()
+    publisher.join(BOUND_S)
     total = sum(len(e) for e in runs.values())
     wait_until(
         lambda: sum(lines_of(out / f"{r}.jsonl") for r in runs) >= total,

@@ -17,7 +17,8 @@ from rose.tracking import EventContext, IterationState
 from sinks.file_sink import OUT_LOCK_FILE, FileSink, repair_tail, run_log_path
 from sinks.runtime import SinkRuntime
 from sinks.sources import ListSource, LogSource, MemoryStore
-from tests.sinks.helpers import RuntimeThread, fast_config, run_events, wait_until
+from tests.polling import wait_until
+from tests.sinks.helpers import RuntimeThread, fast_config, run_events
 
 
 def odd_events(run: str) -> list[dict]:

@@ -13,7 +13,8 @@ from sinks.memory import FOREVER, InMemorySink
 from sinks.runtime import RuntimeConfig, SinkRuntime
 from sinks.sources import Item, ListSource, MemoryStore
 from sinks.state import StateDir, StateDirBusy, read_status
-from tests.sinks.helpers import ManualClock, RuntimeThread, fast_config, run_events, wait_until
+from tests.polling import wait_until
+from tests.sinks.helpers import ManualClock, RuntimeThread, fast_config, run_events
 
 
 def seqs(n: int) -> list[int]:

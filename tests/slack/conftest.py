@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -64,15 +66,16 @@ def _handler(slack: FakeSlack):
     return Handler
 
 
-@pytest.fixture
-def slack():
+@contextlib.contextmanager
+def serving(secret: str) -> Iterator[FakeSlack]:
+    """A FakeSlack on a loopback port; its ``url`` is a webhook whose path holds ``secret``."""
     fake = FakeSlack()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
     thread = threading.Thread(
         target=server.serve_forever, args=(0.05,), name="fake-slack", daemon=True
     )
     thread.start()
-    fake.url = f"http://127.0.0.1:{server.server_port}/services/{SECRET}"
+    fake.url = f"http://127.0.0.1:{server.server_port}/services/{secret}"
     try:
         yield fake
     finally:
@@ -81,10 +84,16 @@ def slack():
         thread.join(timeout=5)
 
 
+@pytest.fixture
+def slack():
+    with serving(SECRET) as fake:
+        yield fake
+
+
 @pytest.fixture(autouse=True)
 def _no_proxies(monkeypatch):
     for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(key, raising=False)
 
 
-from tests.sinks.conftest import broker, sink_process  # noqa: E402, F401 - shared fixtures
+from tests.sinks.conftest import sink_process  # noqa: E402, F401 - the shared fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 from pathlib import Path
 
 from bus import BusTracker
@@ -12,8 +11,8 @@ from rose.al import SequentialActiveLearner
 from rose.integrations.file_tracker import FileTracker
 from rose.integrations.slack_messages import RunMessages, SlackOptions
 from sinks.state import read_status
-from tests.sinks.helpers import run_events, wait_until
-from tests.sinks.test_bus_sinks import interleave, publish
+from tests.polling import wait_until
+from tests.sinks.helpers import Publisher, run_events
 from tests.slack.conftest import SECRET
 from tests.test_seed_samples import register_seed_pipeline
 
@@ -35,20 +34,10 @@ async def test_sink_posts_each_message_once_and_keeps_the_secret(
     engine, tmp_path, slack, broker, sink_process
 ):
     state = tmp_path / "state"
-    sink = sink_process(
-        "slack",
-        "--bus",
-        str(broker.bus_file),
-        "--notify-start",
-        "--milestones",
-        "0.2",
-        "--min-interval",
-        "0",
-        "--state",
-        str(state),
-        name="slack",
-        env={"ROSE_SLACK_WEBHOOK": slack.url},
-    )
+    args = ("slack", "--bus", str(broker.bus_file), "--notify-start", "--milestones", "0.2",
+            "--min-interval", "0", "--state", str(state))  # fmt: skip
+    env = {"ROSE_SLACK_WEBHOOK": slack.url}
+    sink = sink_process(*args, name="slack", env=env)
     cmdline = Path(f"/proc/{sink.pid}/cmdline").read_bytes()
     assert SECRET.encode() not in cmdline and b"hooks" not in cmdline
 
@@ -73,20 +62,7 @@ async def test_sink_posts_each_message_once_and_keeps_the_secret(
     assert slack.texts() == want
 
     # Restarted, it catches up from the store and posts nothing again.
-    again = sink_process(
-        "slack",
-        "--bus",
-        str(broker.bus_file),
-        "--notify-start",
-        "--milestones",
-        "0.2",
-        "--min-interval",
-        "0",
-        "--state",
-        str(state),
-        name="again",
-        env={"ROSE_SLACK_WEBHOOK": slack.url},
-    )
+    again = sink_process(*args, name="again", env=env)
     wait_until(
         lambda: (
             (read_status(state) or {}).get("pid") == again.pid
@@ -134,20 +110,12 @@ def test_429_then_kill_9_and_restart_never_posts_twice(tmp_path, broker, sink_pr
     )
     env = {"ROSE_SLACK_WEBHOOK": slack.url}
     first = sink_process(*args, name="first", env=env)
-    done = threading.Event()
-
-    def learner() -> None:
-        publish(broker.bus_file, interleave(*runs.values()), pace_every=3).close()
-        done.set()
-
-    t = threading.Thread(target=learner, name="publisher", daemon=True)
-    t.start()
+    publisher = Publisher(broker.bus_file, runs, pace_every=3)
     wait_until(lambda: len(slack.texts()) >= 3, timeout=BOUND_S, what="first messages")
     first.signal(signal.SIGKILL)
     first.proc.wait(10)
     second = sink_process(*args, name="second", env=env)
-    t.join(BOUND_S)
-    assert done.is_set()
+    publisher.join(BOUND_S)
     journals = [state / "slack-runs" / f"{r}.json" for r in runs]
     wait_until(
         lambda: all(j.exists() and json.loads(j.read_text())["next_seq"] == 42 for j in journals),
