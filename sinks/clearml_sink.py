@@ -352,7 +352,11 @@ class _Worker:
         if self.writer is None:
             self._open()
         inflight = self.journal.get("inflight")
-        self.journal["inflight"] = [events[0]["seq"], events[-1]["seq"]]
+        last = events[-1]["seq"]
+        # Seqs a crashed attempt may have written stay suspect until applied, even when a
+        # smaller batch comes first: the journal keeps the union until then.
+        suspect = inflight[1] if inflight is not None and inflight[1] > last else None
+        self.journal["inflight"] = [events[0]["seq"], suspect if suspect is not None else last]
         self._save()
         stopped = False
         for event in events:
@@ -374,8 +378,11 @@ class _Worker:
             writer, self.writer = self.writer, None
             writer.close()
             self.journal["closed"] = True
-        self.journal.update(next_seq=events[-1]["seq"] + 1, inflight=None)
-        self._present = None
+        self.journal.update(
+            next_seq=last + 1, inflight=None if suspect is None else [last + 1, suspect]
+        )
+        if suspect is None:
+            self._present = None
         self._save()
         return {"ok": True, "next_seq": self.journal["next_seq"]}
 
