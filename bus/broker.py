@@ -38,10 +38,9 @@ use); ``rose bus`` runs it in the main thread of its own process.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
-import resource
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -49,18 +48,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import zmq
 
-from bus.security import (
-    RELOAD_INTERVAL_S,
-    Authorizer,
-    CurveError,
-    KeyPair,
-    apply_server,
-    load_keypair,
-)
-from bus.store import DEFAULT_FSYNC_INTERVAL_S, DEFAULT_SEGMENT_BYTES, EventStore, Record
+from bus.requests import serve
+from bus.security import RELOAD_INTERVAL_S, Authorizer, CurveError, KeyPair, load_keypair
+from bus.sockets import BrokerError, bind, raise_open_files_limit, write_bus_file
+from bus.store import DEFAULT_FSYNC_INTERVAL_S, DEFAULT_SEGMENT_BYTES, EventStore
 from bus.wire import (
     ACK_MAX_RUNS,
     BUS_FILE,
@@ -68,13 +61,11 @@ from bus.wire import (
     DEFAULT_FRONTEND,
     DEFAULT_MAX_EVENT_BYTES,
     DEFAULT_REPLAY,
-    Op,
     WireError,
     make_ack,
     parse_header,
 )
-from rose.events import RUN_ID_RE, SCHEMA_VERSION
-from rose.fileio import atomic_write_json
+from rose.logonce import RepeatLog
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +74,6 @@ DEFAULT_HWM = 100_000
 #: Messages handled per socket per loop turn, so no socket starves the others.
 BATCH = 2000
 POLL_MS = 100
-#: A broker with fewer open files than this cannot serve a large ensemble.
-WANTED_OPEN_FILES = 4096
-#: Pending connections the frontend queues: a whole ensemble may connect at once.
-FRONTEND_BACKLOG = 1024
-MAX_REQUEST_BYTES = 64 * 1024
-MAX_FETCH_LIMIT = 10_000
-MAX_REPLY_BYTES = 8 * 1024 * 1024
 #: Rejected-message summaries are logged at most this often.
 REJECT_LOG_INTERVAL_S = 60.0
 #: While the store cannot be written, retry this often.
@@ -99,10 +83,6 @@ STORE_RETRY_S = 0.5
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
-
-
-class BrokerError(RuntimeError):
-    """The broker cannot start (endpoint in use, store locked, ...)."""
 
 
 @dataclass
@@ -117,55 +97,6 @@ class Counters:
     rejected_by: dict[str, int] = field(default_factory=dict)
     store_errors: int = 0  # failed store writes (each failure episode retries many times)
     acks: int = 0  # acknowledgement messages sent to learners
-
-
-class _BadRequest(Exception):
-    pass
-
-
-def raise_open_files_limit(wanted: int = WANTED_OPEN_FILES) -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; warn when even that is low.
-
-    Each connected learner holds one file descriptor in the broker.
-    """
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-        if soft < target:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (ValueError, OSError) as exc:
-        log.warning("could not raise the open-files limit: %s", exc)
-        return -1
-    if soft < wanted:
-        log.warning(
-            "open-files limit is %d even after raising it to the hard limit: this broker "
-            "can serve only about %d concurrent learners; ask for a higher hard limit "
-            "(ulimit -Hn, /etc/security/limits.conf) for large ensembles",
-            soft,
-            max(soft - 64, 0),
-        )
-    return soft
-
-
-def _connectable(sock: zmq.Socket) -> str:
-    """The endpoint a client should connect to (resolves port ``*`` and wildcard hosts)."""
-    ep = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-    for wildcard in ("tcp://0.0.0.0:", "tcp://[::]:"):
-        if ep.startswith(wildcard):
-            return f"tcp://{socket.gethostname()}:{ep[len(wildcard) :]}"
-    return ep
-
-
-def _int_arg(req: dict, key: str, default: int, lo: int, hi: int) -> int:
-    value = req.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise _BadRequest(f"{key} must be an int in [{lo}, {hi}]")
-    return value
-
-
-def _event_rows(records: list[Record]) -> list[list[Any]]:
-    return [[r.offset, r.run, r.seq, r.kind, r.payload] for r in records]
 
 
 class Broker:
@@ -218,8 +149,9 @@ class Broker:
         self.error: BaseException | None = None
         self._stopping = threading.Event()
         self._started = time.time()
-        self._reject_logged = 0
-        self._reject_log_at = 0.0
+        #: Rejected messages: the first of each reason logged, the rest summarized.
+        self._rejects = RepeatLog(log)
+        self.counters.rejected_by = self._rejects.counts  # type: ignore[assignment]
         self._store: EventStore | None = None
         #: Events received but not yet stored, while the store cannot be written.
         self._held: list[tuple[bytes, bytes, bytes]] = []
@@ -260,7 +192,10 @@ class Broker:
             ctx = zmq.Context()
             if self.authorizer is not None:
                 self.authorizer.start(ctx)
-            front, back, rep = self._bind(ctx, sockets)
+            front, back, rep, self.endpoints = bind(
+                ctx, sockets, self.requested, hwm=self.hwm, max_event_bytes=self.max_event_bytes,
+                curve=self.curve,
+            )  # fmt: skip
             if self.write_bus_file:
                 self._write_bus_file()
         except BaseException as exc:
@@ -293,50 +228,9 @@ class Broker:
                 self.counters.rejected,
             )
 
-    def _bind(self, ctx: zmq.Context, sockets: list[zmq.Socket]) -> tuple[zmq.Socket, ...]:
-        front = ctx.socket(zmq.XSUB)
-        sockets.append(front)
-        front.setsockopt(zmq.RCVHWM, self.hwm)
-        front.setsockopt(zmq.BACKLOG, FRONTEND_BACKLOG)
-        # Learners never send more than max_event_bytes.  libzmq silently disconnects a
-        # peer sending more than this; smaller oversized messages (an old or foreign
-        # publisher's) reach the loop, where they are counted, logged and skipped.
-        front.setsockopt(zmq.MAXMSGSIZE, 4 * self.max_event_bytes)
-        back = ctx.socket(zmq.XPUB)
-        sockets.append(back)
-        back.setsockopt(zmq.SNDHWM, self.hwm)
-        back.setsockopt(zmq.MAXMSGSIZE, 4096)  # sinks only send subscriptions
-        rep = ctx.socket(zmq.ROUTER)
-        sockets.append(rep)
-        rep.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-        rep.setsockopt(zmq.SNDHWM, 1000)
-        for sock in sockets:
-            sock.setsockopt(zmq.LINGER, 0)
-            if self.curve is not None:
-                apply_server(sock, self.curve)
-        for name, sock in zip(("frontend", "backend", "replay"), sockets, strict=True):
-            ep = self.requested[name]
-            try:
-                sock.bind(ep)
-            except zmq.ZMQError as exc:
-                raise BrokerError(f"cannot bind the {name} endpoint {ep}: {exc}") from None
-            self.endpoints[name] = _connectable(sock)
-        front.send(b"\x01")  # subscribe to everything: "broker up" for every learner
-        return front, back, rep
-
     def _write_bus_file(self) -> None:
-        info = {
-            "version": 1,
-            **self.endpoints,
-            "store": str(self.store_dir.resolve()),
-            "store_id": self.store_id,
-            "generation": self._store.generation if self._store is not None else 0,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-        }
-        if self.curve is not None:
-            info["curve_public_key"] = self.curve.public.decode()
-        atomic_write_json(self.bus_file, info, indent=2)  # people read it too
+        generation = self._store.generation if self._store is not None else 0
+        write_bus_file(self.bus_file, self.endpoints, self.store_id, generation, self.curve)
 
     def _close(self, ctx: zmq.Context | None, sockets: list[zmq.Socket]) -> None:
         for sock in sockets:
@@ -381,7 +275,7 @@ class Broker:
             if back in ready:
                 self._drain_subscriptions(back)
             if rep in ready:
-                self._serve(rep, store)
+                serve(rep, store, self)
             if reading == bool(self._held):  # hold back learners while the store fails
                 reading = not self._held
                 if reading:
@@ -394,7 +288,7 @@ class Broker:
                     self._acknowledge(front, store, now)
                 else:
                     self._sync(store, now)
-            if self.counters.rejected != self._reject_logged:
+            if self.counters.rejected:
                 self._log_rejects(now=now)
             if self.authorizer is not None and now >= self._next_key_check:
                 self._next_key_check = now + RELOAD_INTERVAL_S
@@ -466,7 +360,7 @@ class Broker:
             except Exception as exc:  # a bug in the checks must not take the broker down
                 self._reject("garbage", f"unexpected {type(exc).__name__} checking a header")
                 continue
-            added = store.add(head.run, head.seq, head.kind, payload)
+            added = store.add(head.run, head.seq, head.kind, payload, header)
             self._to_ack.add(head.run)
             if added is None:
                 c.duplicates += 1
@@ -532,117 +426,31 @@ class Broker:
                 return
 
     def _reject(self, reason: str, detail: str) -> None:
-        c = self.counters
-        c.rejected += 1
-        c.rejected_by[reason] = c.rejected_by.get(reason, 0) + 1
-        if c.rejected_by[reason] == 1:
-            log.warning(
-                "rejected a message from a learner (%s: %s); further ones are counted "
-                "and summarized at most every %ds",
-                reason,
-                detail,
-                int(REJECT_LOG_INTERVAL_S),
-            )
-            self._reject_logged += 1
+        self.counters.rejected += 1
+        self._rejects(
+            reason,
+            "rejected a message from a learner (%s: %s); further ones are counted "
+            "and summarized at most every %ds",
+            reason,
+            detail,
+            int(REJECT_LOG_INTERVAL_S),
+        )
 
     def _log_rejects(self, now: float | None = None, final: bool = False) -> None:
-        c = self.counters
-        if c.rejected == self._reject_logged:
-            return
-        now = time.monotonic() if now is None else now
-        if not final and now - self._reject_log_at < REJECT_LOG_INTERVAL_S:
-            return
-        self._reject_log_at = now
-        self._reject_logged = c.rejected
-        log.warning("rejected %d bad message(s) so far: %s", c.rejected, c.rejected_by)
-
-    # ------------------------------------------------------------ requests
-
-    def _serve(self, rep: zmq.Socket, store: EventStore) -> None:
-        for _ in range(64):
-            try:
-                frames = rep.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self.counters.requests += 1
-            if len(frames) != 3 or frames[1] != b"":
-                self.counters.bad_requests += 1
-                continue
-            rid: Any = None
-            try:
-                req = msgpack.unpackb(frames[2], raw=False, strict_map_key=True)
-                if not isinstance(req, dict):
-                    raise _BadRequest("a request is a map")
-                rid = req.get("id")
-                if not (rid is None or isinstance(rid, (int, str))):
-                    rid = None
-                reply = self._answer(req, store)
-            except _BadRequest as exc:
-                self.counters.bad_requests += 1
-                reply = {"ok": False, "error": str(exc)}
-            except Exception as exc:  # undecodable request, or a bug: never kill the broker
-                self.counters.bad_requests += 1
-                if not isinstance(exc, (ValueError, TypeError)):
-                    log.exception("request failed")
-                reply = {"ok": False, "error": f"bad request: {type(exc).__name__}"}
-            reply["id"] = rid
-            # A client that is gone or not reading loses its reply; never block on it.
-            with contextlib.suppress(zmq.ZMQError):
-                rep.send_multipart([frames[0], b"", msgpack.packb(reply)], zmq.NOBLOCK)
-
-    def _answer(self, req: dict, store: EventStore) -> dict[str, Any]:
-        op = req.get("op")
-        base = {
-            "ok": True,
-            "store_id": store.store_id,
-            "generation": store.generation,
-            "next_offset": store.durable_offset,
-        }
-        if op == Op.HELLO:
-            return {
-                **base,
-                "endpoints": dict(self.endpoints),
-                "v": SCHEMA_VERSION,
-                "recoveries": [
-                    {"generation": r["generation"], "safe_offset": r["safe_offset"]}
-                    for r in store.recoveries
-                ],
-            }
-        if op == Op.FETCH:
-            start = _int_arg(req, "from", 0, 0, 2**63 - 1)
-            limit = _int_arg(req, "limit", 1000, 1, MAX_FETCH_LIMIT)
-            return {**base, "events": _event_rows(store.read(start, limit, MAX_REPLY_BYTES))}
-        if op == Op.RUNS:
-            return {**base, "runs": store.run_summaries()}
-        if op == Op.RUN_EVENTS:
-            run = req.get("run")
-            if not isinstance(run, str) or not RUN_ID_RE.match(run):
-                raise _BadRequest("run must be a valid run id")
-            from_seq = _int_arg(req, "from_seq", 0, 0, 2**63 - 1)
-            limit = _int_arg(req, "limit", 1000, 1, MAX_FETCH_LIMIT)
-            offsets = store.run_offsets(run, from_seq)
-            records = [store.read_one(o) for o in offsets[:limit]]
-            return {**base, "events": _event_rows(records), "more": len(offsets) > limit}
-        if op == Op.STATS:
-            return {**base, "stats": self.stats(store)}
-        raise _BadRequest(f"unknown op {str(op)[:40]!r}")
+        self._rejects.report(
+            "rejected %d bad message(s) so far: %s",
+            every_s=REJECT_LOG_INTERVAL_S,
+            now=now,
+            final=final,
+        )
 
     def stats(self, store: EventStore | None = None) -> dict[str, Any]:
         """Counters and per-run progress (served to ``rose status`` and tests)."""
         store = store or self._store
-        c = self.counters
+        c = self.counters  # each counter under its own name
         runs = {} if store is None else {r: i.last_seq for r, i in store.runs.items()}
         return {
-            "received": c.received,
-            "stored": c.stored,
-            "duplicates": c.duplicates,
-            "rejected": c.rejected,
-            "rejected_by": dict(c.rejected_by),
-            "forwarded": c.forwarded,
-            "requests": c.requests,
-            "bad_requests": c.bad_requests,
-            "store_errors": c.store_errors,
-            "acks": c.acks,
+            **dataclasses.asdict(c),
             "store_error": self._store_error,
             "held": len(self._held),
             "auth_denied": 0 if self.authorizer is None else self.authorizer.denied,

@@ -39,9 +39,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bus.wire import StoredEvent
 from rose.events import EventError, check_run_id
 from sinks.base import ApplyResult, Outcome, RunSink, Sink
-from sinks.sources import EventSource, Item, Rewind, SourceChanged
+from sinks.sources import EventSource, Rewind, SourceChanged
 from sinks.state import StateDir
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class _Call:
 
     __slots__ = ("fn", "args", "what", "batch", "done", "result", "error", "started", "hung")
 
-    def __init__(self, fn: Callable[..., Any], args: tuple, what: str, batch: list[Item]) -> None:
+    def __init__(self, fn: Callable[..., Any], args: tuple, what: str, batch: list[StoredEvent]) -> None:
         self.fn = fn
         self.args = args
         self.what = what
@@ -190,7 +191,7 @@ class _Run:
     def __init__(self, name: str, next_seq: int) -> None:
         self.name = name
         self.next_seq = next_seq
-        self.pending: dict[int, Item] = {}
+        self.pending: dict[int, StoredEvent] = {}
         self.backend: RunSink | None = None
         self.attempts = 0
         self.retry_at = 0.0
@@ -341,7 +342,7 @@ class SinkRuntime:
                 delay = min(delay * 2, 5.0)
         return False, None
 
-    def _loop(self, stream: Iterator[Item | None]) -> None:
+    def _loop(self, stream: Iterator[StoredEvent | None]) -> None:
         while not self._stop.is_set():
             if self._full:
                 # A source that cannot refetch: hold back instead of dropping events.
@@ -360,7 +361,7 @@ class SinkRuntime:
                 return
             self._tick()
 
-    def _pull(self, stream: Iterator[Item | None]) -> bool:
+    def _pull(self, stream: Iterator[StoredEvent | None]) -> bool:
         """Accept up to one batch from ``stream``; True when a bounded source ended."""
         cfg = self.config
         deadline = self._clock() + cfg.batch_wait_ms / 1000.0
@@ -647,7 +648,7 @@ class SinkRuntime:
     # ------------------------------------------------------------ backend calls
 
     def _call(self, run: _Run, what: str, fn: Callable[..., Any], *args: Any,
-              batch: list[Item] | None = None) -> _Call | None:  # fmt: skip
+              batch: list[StoredEvent] | None = None) -> _Call | None:  # fmt: skip
         """Run ``fn(*args)`` on the worker; the finished call, or None when set aside."""
         if self._worker is None:
             self._workers += 1
@@ -736,7 +737,7 @@ class SinkRuntime:
                 self.counters.duplicates += 1
         return True
 
-    def _accept(self, item: Item, *, fill: bool = False) -> bool:
+    def _accept(self, item: StoredEvent, *, fill: bool = False) -> bool:
         """Buffer ``item`` unless it is a duplicate; True when it was new."""
         if not fill:
             self.counters.received += 1
@@ -821,7 +822,7 @@ class SinkRuntime:
             if not self._after_apply(run, batch, *_outcome(call)):
                 return
 
-    def _after_apply(self, run: _Run, batch: list[Item], result: ApplyResult,
+    def _after_apply(self, run: _Run, batch: list[StoredEvent], result: ApplyResult,
                      raised: BaseException | None) -> bool:  # fmt: skip
         """Account for a batch's result; True when the run may go on at once."""
         if raised is not None:
@@ -866,10 +867,10 @@ class SinkRuntime:
             return True
         return False
 
-    def _next_batch(self, run: _Run) -> list[Item]:
+    def _next_batch(self, run: _Run) -> list[StoredEvent]:
         """The run's next contiguous events, one at a time while isolating a raise."""
         max_batch = 1 if run.next_seq <= run.isolate_until else self.config.max_batch
-        batch: list[Item] = []
+        batch: list[StoredEvent] = []
         seq = run.next_seq
         pending = run.pending
         while len(batch) < max_batch:
@@ -880,12 +881,12 @@ class SinkRuntime:
             seq += 1
         return batch
 
-    def _apply(self, run: _Run, batch: list[Item]) -> _Call | None:
+    def _apply(self, run: _Run, batch: list[StoredEvent]) -> _Call | None:
         """Hand ``batch`` to the run's backend: the finished call, or None when set aside."""
         assert run.backend is not None
         return self._call(run, "apply", run.backend.apply, *_apply_args(batch), batch=batch)
 
-    def _applied(self, run: _Run, items: list[Item]) -> None:
+    def _applied(self, run: _Run, items: list[StoredEvent]) -> None:
         for item in items:
             del run.pending[item.seq]
         run.next_seq = items[-1].seq + 1
@@ -1031,7 +1032,7 @@ def _open_run(sink: Sink, name: str) -> tuple[RunSink, int | None]:
     return backend, backend.resume_seq()
 
 
-def _apply_args(batch: list[Item]) -> tuple:
+def _apply_args(batch: list[StoredEvent]) -> tuple:
     """A backend's ``apply`` arguments: the events, and their lines when read as text."""
     events = [item.event for item in batch]
     if batch[0].line is None:

@@ -23,11 +23,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bus.wire import StoredEvent
 from rose.eventlog import read_events
 from rose.events import EventError, decode, encode
 from rose.tracking import TrackerBase
 from sinks.runtime import MAX_INVALID_LOGGED, RuntimeConfig, SinkRuntime
-from sinks.sources import Item
 
 from .conftest import tried
 from .strategies import HOSTILE_RUN_IDS, damaged_bytes, mutated_events, run_ids, valid_events
@@ -46,11 +46,11 @@ class RawSource:
     def store_id(self) -> str | None:
         return None
 
-    def subscribe(self, from_offset: int = 0) -> Iterator[Item | None]:
+    def subscribe(self, from_offset: int = 0) -> Iterator[StoredEvent | None]:
         for i, (run, seq, payload) in enumerate(self.items[from_offset:], start=from_offset):
-            yield Item(i, run, seq, payload=payload)
+            yield StoredEvent(i, run, seq, payload=payload)
 
-    def run_events(self, run: str, from_seq: int) -> list[Item]:
+    def run_events(self, run: str, from_seq: int) -> list[StoredEvent]:
         return []
 
     def head_offset(self) -> int | None:
