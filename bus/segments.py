@@ -37,7 +37,7 @@ from rose.events import KINDS
 if TYPE_CHECKING:
     from bus.store import RunIndex
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("bus.store")  # the name its messages have in the log (docs/troubleshooting.md)
 
 REC = struct.Struct("<II")  # body length, crc32(body)
 HLEN = struct.Struct("<H")  # header length, first in the body

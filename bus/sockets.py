@@ -18,7 +18,7 @@ from bus.requests import MAX_REQUEST_BYTES
 from bus.security import KeyPair, apply_server
 from rose.fileio import atomic_write_json
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("bus.broker")  # the name its messages have in the log (docs/troubleshooting.md)
 
 #: A broker with fewer open files than this cannot serve a large ensemble.
 WANTED_OPEN_FILES = 4096

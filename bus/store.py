@@ -448,6 +448,14 @@ class EventStore(SegmentRecovery):
         )
         return [o for _s, o in pairs]
 
+    def acks(self, runs: set[str]) -> dict[str, tuple[int, int, int]]:
+        """How far each of ``runs`` is stored: {run: (upto, last seq, count)} (see bus.wire)."""
+        return {
+            r: (idx.upto, idx.last_seq, idx.count)
+            for r in runs
+            if (idx := self.runs.get(r)) is not None
+        }
+
     def run_summaries(self) -> list[dict[str, Any]]:
         return [
             {

@@ -15,7 +15,7 @@ from typing import Any
 
 from bus.wire import BUS_FILE
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("bus.store")  # the name its messages have in the log (docs/troubleshooting.md)
 
 STORE_FORMAT = "rose-store"
 STORE_VERSION = 1

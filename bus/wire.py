@@ -154,6 +154,12 @@ def make_ack(acks: dict[str, tuple[int, int, int]]) -> bytes:
     return ACK_MARK + msgpack.packb(acks)
 
 
+def make_acks(acks: dict[str, tuple[int, int, int]]) -> list[bytes]:
+    """``acks`` as messages of at most ACK_MAX_RUNS runs each (so one message stays small)."""
+    items = list(acks.items())
+    return [make_ack(dict(items[i : i + ACK_MAX_RUNS])) for i in range(0, len(items), ACK_MAX_RUNS)]
+
+
 def parse_ack(msg: bytes) -> dict[str, tuple[int, int, int]]:
     """The {run: (upto, last, count)} of an acknowledgement; malformed entries are ignored."""
     try:
