@@ -38,7 +38,7 @@ from bus.ingest import Counters, Ingest
 from bus.requests import serve
 from bus.security import RELOAD_INTERVAL_S, Authorizer, CurveError, KeyPair, load_keypair
 from bus.sockets import BrokerError, bind, raise_open_files_limit, write_bus_file
-from bus.store import DEFAULT_FSYNC_INTERVAL_S, DEFAULT_SEGMENT_BYTES, EventStore
+from bus.store import STORE_OPTIONS, EventStore
 from bus.wire import (
     BUS_FILE,
     DEFAULT_BACKEND,
@@ -65,13 +65,16 @@ class Broker:
         *,
         hwm: int = DEFAULT_HWM,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-        fsync_interval_s: float = DEFAULT_FSYNC_INTERVAL_S,
-        new_store_id: bool = False,
         write_bus_file: bool = True,
         curve_secret_key: str | os.PathLike[str] | None = None,
         authorized_keys: str | os.PathLike[str] | None = None,
+        **store_options: Any,
     ) -> None:
+        """``store_options`` go to the EventStore (``segment_bytes``, ``fsync_interval_s``:
+        also how often learners get acknowledgements, ``new_store_id``)."""
+        unknown = set(store_options) - set(STORE_OPTIONS)
+        if unknown:
+            raise TypeError(f"Broker() got unknown option(s): {', '.join(sorted(unknown))}")
         if hwm <= 0 or not 0 < max_event_bytes <= DEFAULT_MAX_EVENT_BYTES:
             # learners never send more than the system's one limit; a lower one is for tests
             raise ValueError(
@@ -91,9 +94,7 @@ class Broker:
         self.requested = {"frontend": frontend, "backend": backend, "replay": replay}
         self.hwm = hwm
         self.max_event_bytes = max_event_bytes
-        self.segment_bytes = segment_bytes
-        self.fsync_interval_s = fsync_interval_s
-        self.new_store_id = new_store_id
+        self.store_options = store_options
         self.write_bus_file = write_bus_file
         self.counters = Counters()
         self.endpoints: dict[str, str] = {}
@@ -125,12 +126,7 @@ class Broker:
         ctx: zmq.Context | None = None
         sockets: list[zmq.Socket] = []
         try:
-            self._store = EventStore(
-                self.store_dir,
-                segment_bytes=self.segment_bytes,
-                fsync_interval_s=self.fsync_interval_s,
-                new_store_id=self.new_store_id,
-            )
+            self._store = EventStore(self.store_dir, **self.store_options)
             self.store_id = self._store.store_id
             ctx = zmq.Context()
             if self.authorizer is not None:
@@ -202,10 +198,7 @@ class Broker:
     def _loop(self, front: zmq.Socket, back: zmq.Socket, rep: zmq.Socket) -> None:
         store = self._store
         assert store is not None
-        ingest = self._ingest = Ingest(
-            store, self.counters, max_event_bytes=self.max_event_bytes,
-            fsync_interval_s=self.fsync_interval_s,
-        )  # fmt: skip
+        ingest = self._ingest = Ingest(store, self.counters, max_event_bytes=self.max_event_bytes)
         poller = zmq.Poller()
         for sock in (front, back, rep):
             poller.register(sock, zmq.POLLIN)

@@ -58,13 +58,10 @@ class Counters:
 class Ingest:
     """The events a broker receives, from the frontend socket to the store and the backend."""
 
-    def __init__(
-        self, store: EventStore, counters: Counters, *, max_event_bytes: int, fsync_interval_s: float
-    ) -> None:
+    def __init__(self, store: EventStore, counters: Counters, *, max_event_bytes: int) -> None:
         self.store = store
         self.counters = counters
         self.max_event_bytes = max_event_bytes
-        self.fsync_interval_s = fsync_interval_s
         #: Rejected messages: the first of each reason logged, the rest summarized.
         self._rejects = RepeatLog(log)
         counters.rejected_by = self._rejects.counts  # type: ignore[assignment]
@@ -91,7 +88,7 @@ class Ingest:
 
     def acknowledge(self, front: zmq.Socket, now: float) -> None:
         """fsync the store, then tell learners how far each of their runs is stored."""
-        self.ack_at = now + self.fsync_interval_s
+        self.ack_at = now + self.store.fsync_interval_s
         try:
             self.store.sync(now)
         except OSError as exc:  # nothing is acknowledged before it is on disk; retried

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 DEFAULT_FSYNC_INTERVAL_S = 0.2
+#: The keyword options of EventStore (a broker passes them on).
+STORE_OPTIONS = ("segment_bytes", "fsync_interval_s", "new_store_id")
 
 #: Recovery history kept in store.json (older generations re-read from offset 0).
 MAX_RECOVERIES = 64

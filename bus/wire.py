@@ -33,8 +33,10 @@ Location.  A broker writes its endpoints to ``<store>/bus.json``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -226,44 +228,27 @@ def decode_header(header: bytes, *, need_offset: bool = False) -> Header:
     return Header(run, seq, kind, offset)
 
 
+@dataclass(slots=True, eq=False)
 class StoredEvent:
     """One stored event, wherever it comes from: the store, a broker reply, a log file, memory.
 
     The routing key (``offset``, ``run``, ``seq``, ``kind``) is checked where
     the bytes came in (:func:`parse_header`, :func:`parse_rows`, the log
-    reader) and trusted after that.  The event itself is carried as it
+    reader) and trusted after that; ``kind`` is None only from sources that
+    cannot know it before decoding.  The event itself is carried as it
     arrived: msgpack ``payload``, a decoded ``event`` map, and for log files
     the JSON ``line`` as recorded; :meth:`load` decodes on demand, so
     duplicates cost no decode.
     """
 
-    __slots__ = ("offset", "run", "seq", "_kind", "payload", "event", "line")
-
-    def __init__(
-        self,
-        offset: int,
-        run: str,
-        seq: int,
-        kind: str | None = None,
-        payload: bytes | None = None,
-        *,
-        event: dict[str, Any] | None = None,
-        line: str | None = None,
-    ) -> None:
-        self.offset = offset
-        self.run = run
-        self.seq = seq
-        self._kind = kind
-        self.payload = payload
-        self.event = event
-        #: The event's JSON line exactly as recorded, when it came from a log file.
-        self.line = line
-
-    @property
-    def kind(self) -> str:
-        if self._kind is None:
-            self._kind = self.load()["kind"]
-        return self._kind
+    offset: int
+    run: str
+    seq: int
+    kind: str | None = None
+    payload: bytes | None = field(default=None, repr=False)
+    event: dict[str, Any] | None = field(default=None, kw_only=True, repr=False)
+    #: The event's JSON line exactly as recorded, when it came from a log file.
+    line: str | None = field(default=None, kw_only=True, repr=False)
 
     def load(self) -> dict[str, Any]:
         """The validated event; raises EventError when the payload is bad or disagrees."""
@@ -281,13 +266,7 @@ class StoredEvent:
         return self.event
 
     def copy(self) -> StoredEvent:
-        return StoredEvent(
-            self.offset, self.run, self.seq, self._kind, self.payload, event=self.event,
-            line=self.line,
-        )  # fmt: skip
-
-    def __repr__(self) -> str:
-        return f"StoredEvent(offset={self.offset}, run={self.run!r}, seq={self.seq})"
+        return dataclasses.replace(self)
 
 
 def event_rows(events: list[StoredEvent]) -> list[list[Any]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bus.wire import BUS_FILE, StoredEvent
-from sinks.sources import Rewind, SourceChanged
+from sinks.sources import BoundedSource, Rewind, SourceChanged
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +107,12 @@ def is_store_dir(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / "store.json").is_file()
 
 
-class StoreSource:
+class StoreSource(BoundedSource):
     """Every event of a broker's store directory, for ``rose replay STORE``.
 
     Reads through the running broker when its ``bus.json`` answers, otherwise
     opens the store itself (the broker's lock makes that exclusive).
     """
-
-    refetchable = False
 
     def __init__(self, directory: str | os.PathLike[str], *, timeout_ms: int = 2000) -> None:
         self.dir = Path(directory)
@@ -139,8 +137,7 @@ class StoreSource:
                 raise ValueError(str(exc)) from None
             self._id = self._store.store_id
 
-    def store_id(self) -> str | None:
-        return None  # offsets here are the store's own; replay dedupes by (run, seq)
+    # store_id() is None: offsets here are the store's own; replay dedupes by (run, seq)
 
     def events(self) -> int:
         if self._store is not None:
@@ -158,12 +155,6 @@ class StoreSource:
                 return
             yield from page
             offset = page[-1].offset + 1
-
-    def run_events(self, run: str, from_seq: int) -> list[StoredEvent]:
-        return []
-
-    def head_offset(self) -> int | None:
-        return None
 
     def close(self) -> None:
         if self._client is not None:

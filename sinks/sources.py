@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +26,7 @@ class SourceChanged(Exception):
     """The source now serves a different store: offsets restart, (run, seq) still dedupe."""
 
 
+@dataclass(slots=True)
 class Rewind:
     """Yielded by a source instead of an item: its store lost events, offsets go back.
 
@@ -33,16 +35,11 @@ class Rewind:
     from the store, which is now at ``generation``.
     """
 
-    __slots__ = ("offset", "lost", "after", "generation", "from_offset")
-
-    def __init__(
-        self, offset: int, lost: int, after: int, generation: int | None, from_offset: int
-    ) -> None:
-        self.offset = offset
-        self.lost = lost
-        self.after = after
-        self.generation = generation
-        self.from_offset = from_offset
+    offset: int
+    lost: int
+    after: int
+    generation: int | None
+    from_offset: int
 
 
 class EventSource(Protocol):
@@ -144,18 +141,38 @@ class MemoryStore:
         pass
 
 
+class BoundedSource:
+    """What every source that ends after its last event shares.
+
+    No store behind it (no id, no head), nothing to fetch again: the runtime
+    never drops one of its events from a full buffer, it stops reading instead.
+    """
+
+    refetchable = False
+
+    def store_id(self) -> str | None:
+        return None
+
+    def run_events(self, run: str, from_seq: int) -> list[StoredEvent]:
+        return []
+
+    def head_offset(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
 # ------------------------------------------------------------------ log files
 
 
-class LogSource:
+class LogSource(BoundedSource):
     """Events of JSONL logs (file-sink output, FileTracker logs, spools), file by file.
 
     A bounded source: ``subscribe`` ends after the last line.  Torn last
     lines are skipped; bad lines are counted in ``bad_lines`` and logged once
     per file.  ``on_bytes`` reports progress (bytes read) for progress bars.
     """
-
-    refetchable = False
 
     def __init__(
         self,
@@ -169,9 +186,6 @@ class LogSource:
 
     def total_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.paths)
-
-    def store_id(self) -> str | None:
-        return None
 
     def subscribe(self, from_offset: int = 0) -> Iterator[StoredEvent | None]:
         offset = 0
@@ -188,26 +202,13 @@ class LogSource:
             finally:
                 self.bad_lines += reader.bad_lines
 
-    def run_events(self, run: str, from_seq: int) -> list[StoredEvent]:
-        return []
-
-    def head_offset(self) -> int | None:
-        return None
-
-    def close(self) -> None:
-        pass
 
 
-class ListSource:
+class ListSource(BoundedSource):
     """A bounded source over events already in memory (tests, embedded replay)."""
-
-    refetchable = False
 
     def __init__(self, events: Iterable[dict[str, Any]]) -> None:
         self._events = list(events)
-
-    def store_id(self) -> str | None:
-        return None
 
     def subscribe(self, from_offset: int = 0) -> Iterator[StoredEvent | None]:
         for i, ev in enumerate(self._events[from_offset:], start=from_offset):
@@ -217,12 +218,3 @@ class ListSource:
                 log.warning("skipping invalid event %d: %s", i, exc)
                 continue
             yield StoredEvent(i, ev["run"], ev["seq"], ev["kind"], event=ev)
-
-    def run_events(self, run: str, from_seq: int) -> list[StoredEvent]:
-        return []
-
-    def head_offset(self) -> int | None:
-        return None
-
-    def close(self) -> None:
-        pass
