@@ -29,6 +29,7 @@ import zmq
 
 from bus.security import ClientCurve, client_curve
 from bus.wire import (
+    DEFAULT_LIMIT,
     Arg,
     Op,
     StoredEvent,
@@ -171,7 +172,7 @@ class BusClient:
     def store_id(self) -> str:
         return str(self.request(Op.HELLO)["store_id"])
 
-    def fetch(self, from_offset: int, limit: int = 1000) -> list[StoredEvent]:
+    def fetch(self, from_offset: int, limit: int = DEFAULT_LIMIT) -> list[StoredEvent]:
         """Stored events with offset >= from_offset, in offset order (at most ``limit``)."""
         return _rows(self.request(Op.FETCH, **{Arg.FROM: from_offset, Arg.LIMIT: limit})["events"])
 
@@ -183,7 +184,7 @@ class BusClient:
         """Every stored event of ``run`` with seq >= from_seq, in seq order."""
         out: list[StoredEvent] = []
         while True:
-            args = {Arg.RUN: run, Arg.FROM_SEQ: from_seq, Arg.LIMIT: 1000}
+            args = {Arg.RUN: run, Arg.FROM_SEQ: from_seq, Arg.LIMIT: DEFAULT_LIMIT}
             reply = self.request(Op.RUN_EVENTS, **args)
             page = _rows(reply["events"])
             out.extend(page)
@@ -211,7 +212,7 @@ class BusClient:
         prefix: str = "rose.",
         *,
         idle_timeout_ms: int = DEFAULT_IDLE_MS,
-        batch: int = 1000,
+        batch: int = DEFAULT_LIMIT,
         generation: int | None = None,
         on_rewind: Callable[[dict[str, Any]], None] | None = None,
     ) -> Iterator[StoredEvent | None]:

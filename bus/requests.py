@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import zmq
 
-from bus.wire import Arg, Op, event_rows
+from bus.wire import DEFAULT_LIMIT, MAX_OFFSET, Arg, Op, event_rows
 from rose.events import RUN_ID_RE, SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ MAX_FETCH_LIMIT = 10_000
 MAX_REPLY_BYTES = 8 * 1024 * 1024
 #: Requests answered per loop turn, so learners' events are not held up.
 REQUESTS_PER_TURN = 64
-_OFFSET_MAX = 2**63 - 1
 
 
 class BadRequest(Exception):
@@ -99,8 +98,8 @@ def answer(req: dict, store: EventStore, broker: Broker) -> dict[str, Any]:
             ],
         }
     if op == Op.FETCH:
-        start = int_arg(req, Arg.FROM, 0, 0, _OFFSET_MAX)
-        limit = int_arg(req, Arg.LIMIT, 1000, 1, MAX_FETCH_LIMIT)
+        start = int_arg(req, Arg.FROM, 0, 0, MAX_OFFSET)
+        limit = int_arg(req, Arg.LIMIT, DEFAULT_LIMIT, 1, MAX_FETCH_LIMIT)
         return {**base, "events": event_rows(store.read(start, limit, MAX_REPLY_BYTES))}
     if op == Op.RUNS:
         return {**base, "runs": store.run_summaries()}
@@ -108,8 +107,8 @@ def answer(req: dict, store: EventStore, broker: Broker) -> dict[str, Any]:
         run = req.get(Arg.RUN)
         if not isinstance(run, str) or not RUN_ID_RE.match(run):
             raise BadRequest("run must be a valid run id")
-        from_seq = int_arg(req, Arg.FROM_SEQ, 0, 0, _OFFSET_MAX)
-        limit = int_arg(req, Arg.LIMIT, 1000, 1, MAX_FETCH_LIMIT)
+        from_seq = int_arg(req, Arg.FROM_SEQ, 0, 0, MAX_OFFSET)
+        limit = int_arg(req, Arg.LIMIT, DEFAULT_LIMIT, 1, MAX_FETCH_LIMIT)
         offsets = store.run_offsets(run, from_seq)
         events = [store.read_one(o) for o in offsets[:limit]]
         return {**base, "events": event_rows(events), "more": len(offsets) > limit}

@@ -67,6 +67,12 @@ class Op:
     STATS = "stats"  # the broker's counters
 
 
+#: Rows per reply when a request does not say (``Arg.LIMIT``).
+DEFAULT_LIMIT = 1000
+#: The largest offset or seq (both are non-negative signed 64-bit ints).
+MAX_OFFSET = 2**63 - 1
+
+
 class Arg:
     """The argument names of requests (beside ``op`` and ``id``)."""
 
@@ -89,7 +95,6 @@ ACK_MARK = b"\x02"
 ACK_MAX_RUNS = 1000
 
 _KIND_SET = frozenset(KINDS)
-_OFFSET_MAX = 2**63
 
 
 class WireError(ValueError):
@@ -182,8 +187,8 @@ def _is_int(x: Any) -> bool:
 
 
 def _is_uint(x: Any) -> bool:
-    """An offset or a seq: an int in [0, 2**63)."""
-    return _is_int(x) and 0 <= x < _OFFSET_MAX
+    """An offset or a seq: an int in [0, MAX_OFFSET]."""
+    return _is_int(x) and 0 <= x <= MAX_OFFSET
 
 
 def parse_header(topic: bytes, header: bytes, *, need_offset: bool = False) -> Header:

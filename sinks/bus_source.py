@@ -11,13 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bus.wire import BUS_FILE, StoredEvent
+from bus.wire import BUS_FILE, DEFAULT_LIMIT, StoredEvent
 from sinks.sources import BoundedSource, Rewind, SourceChanged
 
 log = logging.getLogger(__name__)
 
 DEFAULT_IDLE_MS = 200
-FETCH_PAGE = 1000
 
 
 class BusSource:
@@ -148,9 +147,9 @@ class StoreSource(BoundedSource):
         offset = from_offset
         while True:
             if self._store is not None:
-                page = self._store.read(offset, FETCH_PAGE)
+                page = self._store.read(offset, DEFAULT_LIMIT)
             else:
-                page = self._client.fetch(offset, FETCH_PAGE)
+                page = self._client.fetch(offset, DEFAULT_LIMIT)
             if not page:
                 return
             yield from page
