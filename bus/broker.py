@@ -34,6 +34,7 @@ from typing import Any
 
 import zmq
 
+from bus.checks import at_least
 from bus.ingest import Counters, Ingest
 from bus.requests import serve
 from bus.security import RELOAD_INTERVAL_S, Authorizer, CurveError, KeyPair, load_keypair
@@ -75,11 +76,10 @@ class Broker:
         unknown = set(store_options) - set(STORE_OPTIONS)
         if unknown:
             raise TypeError(f"Broker() got unknown option(s): {', '.join(sorted(unknown))}")
-        if hwm <= 0 or not 0 < max_event_bytes <= DEFAULT_MAX_EVENT_BYTES:
+        at_least("Broker", 1, hwm=hwm, max_event_bytes=max_event_bytes)
+        if max_event_bytes > DEFAULT_MAX_EVENT_BYTES:
             # learners never send more than the system's one limit; a lower one is for tests
-            raise ValueError(
-                f"hwm must be positive and max_event_bytes in [1, {DEFAULT_MAX_EVENT_BYTES}]"
-            )
+            raise ValueError(f"Broker: max_event_bytes must be <= {DEFAULT_MAX_EVENT_BYTES}")
         self.curve: KeyPair | None = None
         self.authorizer: Authorizer | None = None
         if (curve_secret_key is None) != (authorized_keys is None):
