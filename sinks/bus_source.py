@@ -63,12 +63,17 @@ class BusSource:
     def store_id(self) -> str | None:
         return self.client.store_id()
 
-    def subscribe(self, from_offset: int) -> Iterator[StoredEvent | None]:
+    def subscribe(
+        self, from_offset: int, *, prefix: str = "rose."
+    ) -> Iterator[StoredEvent | Rewind | None]:
+        """See EventSource.subscribe; ``prefix`` keeps only topics that start with it
+        (``"rose." + run`` follows one run)."""
         from bus.client import StoreChangedError
 
         rewinds: list[dict[str, Any]] = []
         stream = self.client.subscribe(
             from_offset,
+            prefix,
             idle_timeout_ms=self.idle_ms,
             generation=self.resume_generation,
             on_rewind=rewinds.append,
