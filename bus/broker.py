@@ -104,6 +104,7 @@ class Broker:
         self.error: BaseException | None = None
         self._stopping = threading.Event()
         self._started = time.time()
+        self._store: EventStore | None = None
         self._ingest: Ingest | None = None
         self._next_key_check = 0.0
 

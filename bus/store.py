@@ -16,12 +16,16 @@ is undone (the file is cut back to its last whole record) and its records stay
 buffered: ``write`` raises, readers see only ``durable_offset``, and the next
 ``write`` retries, so nothing is lost or torn while the disk is full.
 
-Recovery at open loses only what is damaged (:mod:`bus.segments`).  ``generation`` changes whenever the store
-opens after an unclean stop or recovery removed records that may have been
-handed out; ``recoveries`` says, for each new generation, the *safe offset*
-(the head right after that recovery), so a reader whose position comes from an
-older generation knows where to re-read from.  The store id changes only when
+Recovery at open loses only what is damaged (:mod:`bus.segments`).
+``generation`` changes whenever the store opens after an unclean stop or
+recovery removed records that may have been handed out; ``recoveries`` says,
+for each new generation, the *safe offset* (the head right after that
+recovery), so a reader whose position comes from an older generation knows
+where to re-read from.  The store id (:mod:`bus.storemeta`) changes only when
 the store is recreated, so a sink that remembers it notices a replaced store.
+
+Reads serve run, seq and kind from the in-memory index of each segment and
+slice the payload out of the record: no header is decoded after the open.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bus.segments import REC, Damage, Segment, SegmentRecovery, fsync_dir, record
+from bus.segments import KIND_NO, REC, Damage, Segment, SegmentRecovery, fsync_dir, record
 from bus.storemeta import STORE_FORMAT, STORE_VERSION, StoreError, read_meta
 from bus.wire import Header, StoredEvent, make_header, with_offset
 from rose.events import KINDS
@@ -284,6 +288,8 @@ class EventStore(SegmentRecovery):
         idx = self.runs.get(run)
         if idx is not None and idx.has(seq):
             return None
+        if kind not in KIND_NO:  # the broker has checked it; refuse before anything changes
+            raise ValueError(f"unknown event kind {kind!r}")
         offset = self.next_offset
         head = Header(run, seq, kind, None)
         stored = with_offset(make_header(run, seq, kind) if header is None else header, head, offset)
