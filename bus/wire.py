@@ -186,6 +186,12 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _check_run(run: Any) -> None:
+    """The one check of a run id arriving from the wire: it is also safe as a file name."""
+    if not isinstance(run, str) or not RUN_ID_RE.match(run):
+        raise WireError("bad_run", f"invalid run id {str(run)[:40]!r}")
+
+
 def _is_uint(x: Any) -> bool:
     """An offset or a seq: an int in [0, MAX_OFFSET]."""
     return _is_int(x) and 0 <= x <= MAX_OFFSET
@@ -219,8 +225,7 @@ def decode_header(header: bytes, *, need_offset: bool = False) -> Header:
     if v != SCHEMA_VERSION or isinstance(v, bool):
         raise WireError("version", f"schema version {str(v)[:20]!r}, expected {SCHEMA_VERSION}")
     run, seq, kind = head.get("run"), head.get("seq"), head.get("kind")
-    if not isinstance(run, str) or not RUN_ID_RE.match(run):
-        raise WireError("bad_run", f"invalid run id {str(run)[:40]!r}")
+    _check_run(run)
     if not _is_uint(seq):
         raise WireError("garbage", f"invalid seq {str(seq)[:20]!r}")
     if not isinstance(kind, str) or kind not in _KIND_SET:
@@ -290,8 +295,7 @@ def parse_rows(rows: Any) -> list[StoredEvent]:
         offset, run, seq, kind, payload = row
         if not (_is_uint(offset) and _is_uint(seq)):
             raise WireError("garbage", f"invalid offset or seq in row {row[:3]!r:.60}")
-        if not isinstance(run, str) or not RUN_ID_RE.match(run):
-            raise WireError("bad_run", f"invalid run id {str(run)[:40]!r}")
+        _check_run(run)
         if not isinstance(kind, str) or kind not in _KIND_SET or not isinstance(payload, bytes):
             raise WireError("garbage", f"invalid kind or payload in row at offset {offset}")
         out.append(StoredEvent(offset, run, seq, kind, payload))
