@@ -5,9 +5,9 @@ use ``BusClient``; ``rose bus`` (or ``BrokerThread`` in tests) runs the broker.
 """
 
 from bus.broker import Broker, BrokerError, BrokerThread
-from bus.client import BusClient, BusError, StoreChangedError, StoredEvent
+from bus.client import BusClient, BusError, StoreChangedError
 from bus.tracker import BusTracker
-from bus.wire import read_bus_file
+from bus.wire import StoredEvent, read_bus_file
 
 __all__ = [
     "Broker",

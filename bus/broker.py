@@ -8,23 +8,9 @@ Three sockets, all bound by the broker:
   header, after it reached the store;
 - replay (ROUTER, BusClient connects a DEALER): catch-up and status requests.
 
-Each received event is checked from its topic and header alone (payloads are
-never decoded), deduplicated by (run, seq), appended to the store, handed to
-the OS and only then forwarded.  Bad frames are counted, logged once per kind
-with a count, and skipped.
-
-Acknowledgements: at most every ``fsync_interval_s`` the broker fsyncs the store
-and sends up the frontend, for each run that got events (or a duplicate) since
-the last time, the highest contiguous stored seq (:func:`bus.wire.make_ack`):
-one small message per interval for all learners, never one per event.  A
-duplicate is acknowledged again, so a learner that missed an ack gets it by
-re-sending one event.
-
-When the store cannot be written (disk full, quota, file size limit) the
-broker holds the events it has, stops reading from learners (their
-BusTrackers queue and spool meanwhile), keeps answering requests from what is
-on disk, says so once in the log and in ``stats``, and retries; once the write
-goes through it forwards what it held and reads on.
+What happens to each received event (checks, dedupe, store, forward,
+acknowledgements, holding while the store cannot be written) is in
+:mod:`bus.ingest`; the requests it answers are in :mod:`bus.requests`.
 
 With ``curve_secret_key`` and ``authorized_keys`` every socket is a CURVE
 server: traffic is encrypted and only clients whose public key is in the
@@ -37,135 +23,35 @@ use); ``rose bus`` runs it in the main thread of its own process.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import logging
 import os
-import resource
-import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import zmq
 
-from bus.security import (
-    RELOAD_INTERVAL_S,
-    Authorizer,
-    CurveError,
-    KeyPair,
-    apply_server,
-    load_keypair,
-)
-from bus.store import DEFAULT_FSYNC_INTERVAL_S, DEFAULT_SEGMENT_BYTES, EventStore, Record
+from bus.checks import at_least
+from bus.ingest import Counters, Ingest
+from bus.requests import serve
+from bus.security import RELOAD_INTERVAL_S, Authorizer, CurveError, KeyPair, load_keypair
+from bus.sockets import BrokerError, bind, raise_open_files_limit, write_bus_file
+from bus.store import STORE_OPTIONS, EventStore
 from bus.wire import (
-    ACK_MAX_RUNS,
     BUS_FILE,
     DEFAULT_BACKEND,
     DEFAULT_FRONTEND,
     DEFAULT_MAX_EVENT_BYTES,
     DEFAULT_REPLAY,
-    Op,
-    WireError,
-    make_ack,
-    parse_header,
 )
-from rose.events import RUN_ID_RE, SCHEMA_VERSION
-from rose.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-#: Name of the connection file the broker writes into its store directory.
 DEFAULT_HWM = 100_000
-#: Messages handled per socket per loop turn, so no socket starves the others.
-BATCH = 2000
 POLL_MS = 100
-#: A broker with fewer open files than this cannot serve a large ensemble.
-WANTED_OPEN_FILES = 4096
-#: Pending connections the frontend queues: a whole ensemble may connect at once.
-FRONTEND_BACKLOG = 1024
-MAX_REQUEST_BYTES = 64 * 1024
-MAX_FETCH_LIMIT = 10_000
-MAX_REPLY_BYTES = 8 * 1024 * 1024
-#: Rejected-message summaries are logged at most this often.
-REJECT_LOG_INTERVAL_S = 60.0
-#: While the store cannot be written, retry this often.
-STORE_RETRY_S = 0.5
-
-
-_NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE = int(zmq.SNDMORE | zmq.NOBLOCK)
-_RCVMORE = int(zmq.RCVMORE)
-
-
-class BrokerError(RuntimeError):
-    """The broker cannot start (endpoint in use, store locked, ...)."""
-
-
-@dataclass
-class Counters:
-    received: int = 0
-    stored: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    forwarded: int = 0
-    requests: int = 0
-    bad_requests: int = 0
-    rejected_by: dict[str, int] = field(default_factory=dict)
-    store_errors: int = 0  # failed store writes (each failure episode retries many times)
-    acks: int = 0  # acknowledgement messages sent to learners
-
-
-class _BadRequest(Exception):
-    pass
-
-
-def raise_open_files_limit(wanted: int = WANTED_OPEN_FILES) -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; warn when even that is low.
-
-    Each connected learner holds one file descriptor in the broker.
-    """
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-        if soft < target:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (ValueError, OSError) as exc:
-        log.warning("could not raise the open-files limit: %s", exc)
-        return -1
-    if soft < wanted:
-        log.warning(
-            "open-files limit is %d even after raising it to the hard limit: this broker "
-            "can serve only about %d concurrent learners; ask for a higher hard limit "
-            "(ulimit -Hn, /etc/security/limits.conf) for large ensembles",
-            soft,
-            max(soft - 64, 0),
-        )
-    return soft
-
-
-def _connectable(sock: zmq.Socket) -> str:
-    """The endpoint a client should connect to (resolves port ``*`` and wildcard hosts)."""
-    ep = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-    for wildcard in ("tcp://0.0.0.0:", "tcp://[::]:"):
-        if ep.startswith(wildcard):
-            return f"tcp://{socket.gethostname()}:{ep[len(wildcard) :]}"
-    return ep
-
-
-def _int_arg(req: dict, key: str, default: int, lo: int, hi: int) -> int:
-    value = req.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise _BadRequest(f"{key} must be an int in [{lo}, {hi}]")
-    return value
-
-
-def _event_rows(records: list[Record]) -> list[list[Any]]:
-    return [[r.offset, r.run, r.seq, r.kind, r.payload] for r in records]
 
 
 class Broker:
@@ -180,18 +66,20 @@ class Broker:
         *,
         hwm: int = DEFAULT_HWM,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-        fsync_interval_s: float = DEFAULT_FSYNC_INTERVAL_S,
-        new_store_id: bool = False,
         write_bus_file: bool = True,
         curve_secret_key: str | os.PathLike[str] | None = None,
         authorized_keys: str | os.PathLike[str] | None = None,
+        **store_options: Any,
     ) -> None:
-        if hwm <= 0 or not 0 < max_event_bytes <= DEFAULT_MAX_EVENT_BYTES:
+        """``store_options`` go to the EventStore (``segment_bytes``, ``fsync_interval_s``:
+        also how often learners get acknowledgements, ``new_store_id``)."""
+        unknown = set(store_options) - set(STORE_OPTIONS)
+        if unknown:
+            raise TypeError(f"Broker() got unknown option(s): {', '.join(sorted(unknown))}")
+        at_least("Broker", 1, hwm=hwm, max_event_bytes=max_event_bytes)
+        if max_event_bytes > DEFAULT_MAX_EVENT_BYTES:
             # learners never send more than the system's one limit; a lower one is for tests
-            raise ValueError(
-                f"hwm must be positive and max_event_bytes in [1, {DEFAULT_MAX_EVENT_BYTES}]"
-            )
+            raise ValueError(f"Broker: max_event_bytes must be <= {DEFAULT_MAX_EVENT_BYTES}")
         self.curve: KeyPair | None = None
         self.authorizer: Authorizer | None = None
         if (curve_secret_key is None) != (authorized_keys is None):
@@ -206,9 +94,7 @@ class Broker:
         self.requested = {"frontend": frontend, "backend": backend, "replay": replay}
         self.hwm = hwm
         self.max_event_bytes = max_event_bytes
-        self.segment_bytes = segment_bytes
-        self.fsync_interval_s = fsync_interval_s
-        self.new_store_id = new_store_id
+        self.store_options = store_options
         self.write_bus_file = write_bus_file
         self.counters = Counters()
         self.endpoints: dict[str, str] = {}
@@ -218,18 +104,9 @@ class Broker:
         self.error: BaseException | None = None
         self._stopping = threading.Event()
         self._started = time.time()
-        self._reject_logged = 0
-        self._reject_log_at = 0.0
         self._store: EventStore | None = None
-        #: Events received but not yet stored, while the store cannot be written.
-        self._held: list[tuple[bytes, bytes, bytes]] = []
-        self._store_error = ""
-        self._store_failed_at = 0.0
-        self._store_retry_at = 0.0
+        self._ingest: Ingest | None = None
         self._next_key_check = 0.0
-        #: Runs to acknowledge at the next fsync (new events or a duplicate since the last).
-        self._to_ack: set[str] = set()
-        self._ack_at = 0.0
 
     @property
     def bus_file(self) -> Path:
@@ -250,17 +127,15 @@ class Broker:
         ctx: zmq.Context | None = None
         sockets: list[zmq.Socket] = []
         try:
-            self._store = EventStore(
-                self.store_dir,
-                segment_bytes=self.segment_bytes,
-                fsync_interval_s=self.fsync_interval_s,
-                new_store_id=self.new_store_id,
-            )
+            self._store = EventStore(self.store_dir, **self.store_options)
             self.store_id = self._store.store_id
             ctx = zmq.Context()
             if self.authorizer is not None:
                 self.authorizer.start(ctx)
-            front, back, rep = self._bind(ctx, sockets)
+            front, back, rep, self.endpoints = bind(
+                ctx, sockets, self.requested, hwm=self.hwm, max_event_bytes=self.max_event_bytes,
+                curve=self.curve,
+            )  # fmt: skip
             if self.write_bus_file:
                 self._write_bus_file()
         except BaseException as exc:
@@ -284,7 +159,8 @@ class Broker:
             self._loop(front, back, rep)
         finally:
             self._close(ctx, sockets)
-            self._log_rejects(final=True)
+            if self._ingest is not None:
+                self._ingest.log_rejects(final=True)
             log.info(
                 "broker stopped: received %d, stored %d, duplicates %d, rejected %d",
                 self.counters.received,
@@ -293,50 +169,9 @@ class Broker:
                 self.counters.rejected,
             )
 
-    def _bind(self, ctx: zmq.Context, sockets: list[zmq.Socket]) -> tuple[zmq.Socket, ...]:
-        front = ctx.socket(zmq.XSUB)
-        sockets.append(front)
-        front.setsockopt(zmq.RCVHWM, self.hwm)
-        front.setsockopt(zmq.BACKLOG, FRONTEND_BACKLOG)
-        # Learners never send more than max_event_bytes.  libzmq silently disconnects a
-        # peer sending more than this; smaller oversized messages (an old or foreign
-        # publisher's) reach the loop, where they are counted, logged and skipped.
-        front.setsockopt(zmq.MAXMSGSIZE, 4 * self.max_event_bytes)
-        back = ctx.socket(zmq.XPUB)
-        sockets.append(back)
-        back.setsockopt(zmq.SNDHWM, self.hwm)
-        back.setsockopt(zmq.MAXMSGSIZE, 4096)  # sinks only send subscriptions
-        rep = ctx.socket(zmq.ROUTER)
-        sockets.append(rep)
-        rep.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-        rep.setsockopt(zmq.SNDHWM, 1000)
-        for sock in sockets:
-            sock.setsockopt(zmq.LINGER, 0)
-            if self.curve is not None:
-                apply_server(sock, self.curve)
-        for name, sock in zip(("frontend", "backend", "replay"), sockets, strict=True):
-            ep = self.requested[name]
-            try:
-                sock.bind(ep)
-            except zmq.ZMQError as exc:
-                raise BrokerError(f"cannot bind the {name} endpoint {ep}: {exc}") from None
-            self.endpoints[name] = _connectable(sock)
-        front.send(b"\x01")  # subscribe to everything: "broker up" for every learner
-        return front, back, rep
-
     def _write_bus_file(self) -> None:
-        info = {
-            "version": 1,
-            **self.endpoints,
-            "store": str(self.store_dir.resolve()),
-            "store_id": self.store_id,
-            "generation": self._store.generation if self._store is not None else 0,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-        }
-        if self.curve is not None:
-            info["curve_public_key"] = self.curve.public.decode()
-        atomic_write_json(self.bus_file, info, indent=2)  # people read it too
+        generation = self._store.generation if self._store is not None else 0
+        write_bus_file(self.bus_file, self.endpoints, self.store_id, generation, self.curve)
 
     def _close(self, ctx: zmq.Context | None, sockets: list[zmq.Socket]) -> None:
         for sock in sockets:
@@ -364,287 +199,52 @@ class Broker:
     def _loop(self, front: zmq.Socket, back: zmq.Socket, rep: zmq.Socket) -> None:
         store = self._store
         assert store is not None
+        ingest = self._ingest = Ingest(store, self.counters, max_event_bytes=self.max_event_bytes)
         poller = zmq.Poller()
         for sock in (front, back, rep):
             poller.register(sock, zmq.POLLIN)
         reading = True
         while not self._stopping.is_set():
             timeout = POLL_MS
-            if self._to_ack:  # wake for the next acknowledgement
-                timeout = max(1, min(POLL_MS, int((self._ack_at - time.monotonic()) * 1000) + 1))
+            if ingest.to_ack:  # wake for the next acknowledgement
+                timeout = max(1, min(POLL_MS, int((ingest.ack_at - time.monotonic()) * 1000) + 1))
             ready = dict(poller.poll(timeout))
             now = time.monotonic()
-            if self._held and now >= self._store_retry_at:
-                self._store_held(back, store)
+            if ingest.held and now >= ingest.retry_at:
+                ingest.store_held(back)
             if front in ready:
-                self._pump(front, back, store)
+                ingest.pump(front, back)
             if back in ready:
-                self._drain_subscriptions(back)
+                ingest.drain_subscriptions(back)
             if rep in ready:
-                self._serve(rep, store)
-            if reading == bool(self._held):  # hold back learners while the store fails
-                reading = not self._held
+                serve(rep, store, self)
+            if reading == bool(ingest.held):  # hold back learners while the store fails
+                reading = not ingest.held
                 if reading:
                     poller.register(front, zmq.POLLIN)
                 else:
                     poller.unregister(front)
             now = time.monotonic()
-            if not self._held:
-                if self._to_ack and now >= self._ack_at:
-                    self._acknowledge(front, store, now)
+            if not ingest.held:
+                if ingest.to_ack and now >= ingest.ack_at:
+                    ingest.acknowledge(front, now)
                 else:
-                    self._sync(store, now)
-            if self.counters.rejected != self._reject_logged:
-                self._log_rejects(now=now)
+                    ingest.sync(now)
+            if self.counters.rejected:
+                ingest.log_rejects(now=now)
             if self.authorizer is not None and now >= self._next_key_check:
                 self._next_key_check = now + RELOAD_INTERVAL_S
                 self.authorizer.maybe_reload()
 
-    def _sync(self, store: EventStore, now: float) -> None:
-        try:
-            store.maybe_sync(now)
-        except OSError as exc:  # data is with the OS; fsync is retried at the next interval
-            self.counters.store_errors += 1
-            if self.counters.store_errors == 1:
-                log.error("fsync of the store %s failed: %s", self.store_dir, exc)
-
-    def _acknowledge(self, front: zmq.Socket, store: EventStore, now: float) -> None:
-        """fsync the store, then tell learners how far each of their runs is stored."""
-        self._ack_at = now + self.fsync_interval_s
-        try:
-            store.sync(now)
-        except OSError as exc:  # nothing is acknowledged before it is on disk; retried
-            self.counters.store_errors += 1
-            if self.counters.store_errors == 1:
-                log.error("fsync of the store %s failed: %s", self.store_dir, exc)
-            return
-        runs = store.runs
-        acks = {}
-        for r in self._to_ack:
-            idx = runs.get(r)
-            if idx is not None:
-                acks[r] = (idx.upto, idx.last_seq, idx.count)
-        self._to_ack.clear()
-        items = list(acks.items())
-        for i in range(0, len(items), ACK_MAX_RUNS):
-            # XSUB sends to every learner and drops for one whose queue is full: acks
-            # are cumulative, and a learner missing one re-sends an event to get it again.
-            with contextlib.suppress(zmq.ZMQError):
-                front.send(make_ack(dict(items[i : i + ACK_MAX_RUNS])), _NOBLOCK)
-                self.counters.acks += 1
-
-    def _pump(self, front: zmq.Socket, back: zmq.Socket, store: EventStore) -> None:
-        # Hand-rolled recv/send with int flags: about twice as fast as
-        # recv_multipart/send_multipart, which is what the 50k events/s target needs.
-        if self._held:
-            return  # the store is failing: learners wait (bounded, on their side)
-        c = self.counters
-        forward: list[tuple[bytes, bytes, bytes]] = []
-        limit = self.max_event_bytes
-        recv, more = front.recv, front.get
-        for _ in range(BATCH):
-            try:
-                topic = recv(_NOBLOCK)
-            except zmq.Again:
-                break
-            frames = [topic]
-            while more(_RCVMORE):
-                frames.append(recv(_NOBLOCK))
-            c.received += 1
-            if len(frames) != 3:
-                self._reject("garbage", f"{len(frames)} frame(s), expected 3")
-                continue
-            topic, header, payload = frames
-            if len(payload) > limit:
-                self._reject("oversized", f"payload of {len(payload)} bytes > {limit}")
-                continue
-            try:
-                head = parse_header(topic, header)
-            except WireError as exc:
-                self._reject(exc.reason, str(exc))
-                continue
-            except Exception as exc:  # a bug in the checks must not take the broker down
-                self._reject("garbage", f"unexpected {type(exc).__name__} checking a header")
-                continue
-            added = store.add(head.run, head.seq, head.kind, payload)
-            self._to_ack.add(head.run)
-            if added is None:
-                c.duplicates += 1
-                continue
-            forward.append((topic, added[1], payload))
-        if not forward:
-            return
-        self._held = forward
-        self._store_held(back, store)
-
-    def _store_held(self, back: zmq.Socket, store: EventStore) -> None:
-        """Write the held events to the store, then forward them; on failure hold on."""
-        c = self.counters
-        forward = self._held
-        try:
-            store.write()  # the OS has every event before any sink hears of it
-        except OSError as exc:
-            self._store_failed(exc, len(forward))
-            return
-        if self._store_error:
-            log.warning(
-                "store %s is writable again after %.1fs: %d held event(s) stored; reading "
-                "from learners again",
-                self.store_dir,
-                time.monotonic() - self._store_failed_at,
-                len(forward),
-            )
-            self._store_error = ""
-        self._held = []
-        c.stored += len(forward)
-        send = back.send
-        for topic, header, payload in forward:
-            # XPUB drops for slow sinks rather than block (no NODROP): they catch up
-            # from the store, so a send never fails here.
-            send(topic, _SNDMORE)
-            send(header, _SNDMORE)
-            send(payload, _NOBLOCK)
-        c.forwarded += len(forward)
-
-    def _store_failed(self, exc: OSError, held: int) -> None:
-        self.counters.store_errors += 1
-        now = time.monotonic()
-        self._store_retry_at = now + STORE_RETRY_S
-        if self._store_error:
-            return  # reported when the episode began; the recovery is reported too
-        self._store_error = f"{exc.strerror or exc} (errno {exc.errno})"
-        self._store_failed_at = now
-        log.error(
-            "cannot write to the store %s: %s. Holding %d event(s) and not reading from "
-            "learners until it can (their BusTrackers queue and spool meanwhile); retrying "
-            "every %.1fs. Free some space or raise the quota.",
-            self.store_dir,
-            self._store_error,
-            held,
-            STORE_RETRY_S,
-        )
-
-    def _drain_subscriptions(self, back: zmq.Socket) -> None:
-        for _ in range(BATCH):
-            try:
-                back.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-
-    def _reject(self, reason: str, detail: str) -> None:
-        c = self.counters
-        c.rejected += 1
-        c.rejected_by[reason] = c.rejected_by.get(reason, 0) + 1
-        if c.rejected_by[reason] == 1:
-            log.warning(
-                "rejected a message from a learner (%s: %s); further ones are counted "
-                "and summarized at most every %ds",
-                reason,
-                detail,
-                int(REJECT_LOG_INTERVAL_S),
-            )
-            self._reject_logged += 1
-
-    def _log_rejects(self, now: float | None = None, final: bool = False) -> None:
-        c = self.counters
-        if c.rejected == self._reject_logged:
-            return
-        now = time.monotonic() if now is None else now
-        if not final and now - self._reject_log_at < REJECT_LOG_INTERVAL_S:
-            return
-        self._reject_log_at = now
-        self._reject_logged = c.rejected
-        log.warning("rejected %d bad message(s) so far: %s", c.rejected, c.rejected_by)
-
-    # ------------------------------------------------------------ requests
-
-    def _serve(self, rep: zmq.Socket, store: EventStore) -> None:
-        for _ in range(64):
-            try:
-                frames = rep.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self.counters.requests += 1
-            if len(frames) != 3 or frames[1] != b"":
-                self.counters.bad_requests += 1
-                continue
-            rid: Any = None
-            try:
-                req = msgpack.unpackb(frames[2], raw=False, strict_map_key=True)
-                if not isinstance(req, dict):
-                    raise _BadRequest("a request is a map")
-                rid = req.get("id")
-                if not (rid is None or isinstance(rid, (int, str))):
-                    rid = None
-                reply = self._answer(req, store)
-            except _BadRequest as exc:
-                self.counters.bad_requests += 1
-                reply = {"ok": False, "error": str(exc)}
-            except Exception as exc:  # undecodable request, or a bug: never kill the broker
-                self.counters.bad_requests += 1
-                if not isinstance(exc, (ValueError, TypeError)):
-                    log.exception("request failed")
-                reply = {"ok": False, "error": f"bad request: {type(exc).__name__}"}
-            reply["id"] = rid
-            # A client that is gone or not reading loses its reply; never block on it.
-            with contextlib.suppress(zmq.ZMQError):
-                rep.send_multipart([frames[0], b"", msgpack.packb(reply)], zmq.NOBLOCK)
-
-    def _answer(self, req: dict, store: EventStore) -> dict[str, Any]:
-        op = req.get("op")
-        base = {
-            "ok": True,
-            "store_id": store.store_id,
-            "generation": store.generation,
-            "next_offset": store.durable_offset,
-        }
-        if op == Op.HELLO:
-            return {
-                **base,
-                "endpoints": dict(self.endpoints),
-                "v": SCHEMA_VERSION,
-                "recoveries": [
-                    {"generation": r["generation"], "safe_offset": r["safe_offset"]}
-                    for r in store.recoveries
-                ],
-            }
-        if op == Op.FETCH:
-            start = _int_arg(req, "from", 0, 0, 2**63 - 1)
-            limit = _int_arg(req, "limit", 1000, 1, MAX_FETCH_LIMIT)
-            return {**base, "events": _event_rows(store.read(start, limit, MAX_REPLY_BYTES))}
-        if op == Op.RUNS:
-            return {**base, "runs": store.run_summaries()}
-        if op == Op.RUN_EVENTS:
-            run = req.get("run")
-            if not isinstance(run, str) or not RUN_ID_RE.match(run):
-                raise _BadRequest("run must be a valid run id")
-            from_seq = _int_arg(req, "from_seq", 0, 0, 2**63 - 1)
-            limit = _int_arg(req, "limit", 1000, 1, MAX_FETCH_LIMIT)
-            offsets = store.run_offsets(run, from_seq)
-            records = [store.read_one(o) for o in offsets[:limit]]
-            return {**base, "events": _event_rows(records), "more": len(offsets) > limit}
-        if op == Op.STATS:
-            return {**base, "stats": self.stats(store)}
-        raise _BadRequest(f"unknown op {str(op)[:40]!r}")
-
     def stats(self, store: EventStore | None = None) -> dict[str, Any]:
         """Counters and per-run progress (served to ``rose status`` and tests)."""
         store = store or self._store
-        c = self.counters
+        c = self.counters  # each counter under its own name
         runs = {} if store is None else {r: i.last_seq for r, i in store.runs.items()}
         return {
-            "received": c.received,
-            "stored": c.stored,
-            "duplicates": c.duplicates,
-            "rejected": c.rejected,
-            "rejected_by": dict(c.rejected_by),
-            "forwarded": c.forwarded,
-            "requests": c.requests,
-            "bad_requests": c.bad_requests,
-            "store_errors": c.store_errors,
-            "acks": c.acks,
-            "store_error": self._store_error,
-            "held": len(self._held),
+            **dataclasses.asdict(c),
+            "store_error": "" if self._ingest is None else self._ingest.store_error,
+            "held": 0 if self._ingest is None else len(self._ingest.held),
             "auth_denied": 0 if self.authorizer is None else self.authorizer.denied,
             "curve": self.curve is not None,
             "events": 0 if store is None else store.durable_offset,

@@ -22,13 +22,23 @@ import logging
 import os
 import time
 from collections.abc import Callable, Generator, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgpack
 import zmq
 
 from bus.security import ClientCurve, client_curve
-from bus.wire import Op, WireError, parse_header, read_bus_file
+from bus.wire import (
+    DEFAULT_LIMIT,
+    Arg,
+    Op,
+    StoredEvent,
+    WireError,
+    parse_header,
+    parse_rows,
+    read_bus_file,
+    topic_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +49,8 @@ SUB_HWM = 100_000
 RECENT_DELIVERED = 100_000
 #: A live event older than the position makes the client check the generation at most this often.
 GENERATION_CHECK_S = 0.5
+#: ``head()`` answers from what the client knows when that is at most this old.
+HEAD_MAX_AGE_S = 5.0
 
 
 class BusError(RuntimeError):
@@ -49,23 +61,11 @@ class StoreChangedError(BusError):
     """The broker now serves a different store (recreated): offsets no longer match."""
 
 
-class StoredEvent(NamedTuple):
-    """One event as stored by the broker; ``rose.events.decode(payload)`` gives the event."""
-
-    offset: int
-    run: str
-    seq: int
-    kind: str
-    payload: bytes
-
-
 def _rows(rows: Any) -> list[StoredEvent]:
-    if not isinstance(rows, list):
-        raise BusError("malformed reply from the broker: events is not a list")
     try:
-        return [StoredEvent(*row) for row in rows]
-    except TypeError as exc:
-        raise BusError(f"malformed event row from the broker: {exc}") from None
+        return parse_rows(rows)
+    except WireError as exc:
+        raise BusError(f"malformed reply from the broker: {exc}") from None
 
 
 class BusClient:
@@ -102,6 +102,10 @@ class BusClient:
         self._closed = False
         #: The store generation of the latest reply (None before the first one).
         self.generation: int | None = None
+        #: The store's next offset as far as this client knows: the latest reply's, or
+        #: past the newest live event; and when a reply last said it (monotonic).
+        self._head: int | None = None
+        self._head_at = float("-inf")
 
     @classmethod
     def from_file(cls, bus_json_path: str | os.PathLike[str], **kwargs: Any) -> BusClient:
@@ -151,6 +155,8 @@ class BusClient:
                 raise BusError(f"broker refused {op!r}: {reply.get('error')}")
             if isinstance(reply.get("generation"), int):
                 self.generation = reply["generation"]
+            if isinstance(reply.get("next_offset"), int):
+                self._head, self._head_at = reply["next_offset"], time.monotonic()
             return reply
         self._reset()  # drop queued requests so a returning broker does not answer stale ones
         hint = (
@@ -166,9 +172,9 @@ class BusClient:
     def store_id(self) -> str:
         return str(self.request(Op.HELLO)["store_id"])
 
-    def fetch(self, from_offset: int, limit: int = 1000) -> list[StoredEvent]:
+    def fetch(self, from_offset: int, limit: int = DEFAULT_LIMIT) -> list[StoredEvent]:
         """Stored events with offset >= from_offset, in offset order (at most ``limit``)."""
-        return _rows(self.request(Op.FETCH, **{"from": from_offset, "limit": limit})["events"])
+        return _rows(self.request(Op.FETCH, **{Arg.FROM: from_offset, Arg.LIMIT: limit})["events"])
 
     def runs(self) -> list[dict[str, Any]]:
         """One summary per stored run: run, first_seq, last_seq, count, last_offset."""
@@ -178,12 +184,22 @@ class BusClient:
         """Every stored event of ``run`` with seq >= from_seq, in seq order."""
         out: list[StoredEvent] = []
         while True:
-            reply = self.request(Op.RUN_EVENTS, run=run, from_seq=from_seq, limit=1000)
+            args = {Arg.RUN: run, Arg.FROM_SEQ: from_seq, Arg.LIMIT: DEFAULT_LIMIT}
+            reply = self.request(Op.RUN_EVENTS, **args)
             page = _rows(reply["events"])
             out.extend(page)
             if not reply.get("more") or not page:
                 return out
             from_seq = page[-1].seq + 1
+
+    def head(self, max_age_s: float = HEAD_MAX_AGE_S) -> int:
+        """The store's next offset: from the replies and live events this client has seen,
+        asking the broker (``hello``) only when the last answer is older than ``max_age_s``."""
+        if self._head is None or time.monotonic() - self._head_at > max_age_s:
+            self.request(Op.HELLO)
+        if self._head is None:
+            raise BusError(f"broker at {self.replay} did not say its next offset")
+        return self._head
 
     def stats(self) -> dict[str, Any]:
         return dict(self.request(Op.STATS)["stats"])
@@ -196,7 +212,7 @@ class BusClient:
         prefix: str = "rose.",
         *,
         idle_timeout_ms: int = DEFAULT_IDLE_MS,
-        batch: int = 1000,
+        batch: int = DEFAULT_LIMIT,
         generation: int | None = None,
         on_rewind: Callable[[dict[str, Any]], None] | None = None,
     ) -> Iterator[StoredEvent | None]:
@@ -297,7 +313,7 @@ class BusClient:
             # Fetch from the store until caught up (or up to ``until``, exclusive).
             nonlocal next_offset
             while until is None or next_offset < until:
-                reply = self.request(Op.FETCH, **{"from": next_offset, "limit": batch})
+                reply = self.request(Op.FETCH, **{Arg.FROM: next_offset, Arg.LIMIT: batch})
                 if check(reply):
                     until = None
                     continue  # the page was for the old position
@@ -308,8 +324,7 @@ class BusClient:
                     if until is not None and ev.offset >= until:
                         return
                     next_offset = ev.offset + 1
-                    topic = f"rose.{ev.run}.{ev.kind}".encode()
-                    if ev.run and topic.startswith(want) and deliver(ev):
+                    if topic_for(ev.run, ev.kind).startswith(want) and deliver(ev):
                         yield ev
                 if not page:
                     return
@@ -364,6 +379,8 @@ class BusClient:
                 if offset != next_offset:
                     continue
                 next_offset = offset + 1
+                if self._head is None or next_offset > self._head:
+                    self._head = next_offset
                 ev = StoredEvent(offset, head.run, head.seq, head.kind, frames[2])
                 if deliver(ev):
                     yield ev

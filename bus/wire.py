@@ -1,34 +1,48 @@
-"""The bus wire format: what travels between learners, the broker and sinks.
+"""The bus protocol: what travels between learners, the broker, its store and sinks.
 
-A message is three ZeroMQ frames ``[topic, header, payload]``:
+Everything both sides of a socket agree on is defined here and nowhere else,
+so the sides cannot drift apart: the tracker, the broker, the store, the client
+and the sink sources import these names instead of spelling bytes or strings.
 
-- ``topic``: ``rose.<run>.<kind>``, so subscribers can filter by prefix;
-- ``header``: a tiny msgpack map ``{v, run, seq, kind}`` plus ``offset`` once
-  the broker has stored the event; the broker routes, dedupes and stores from
-  the topic and the header alone;
+Events.  A message is three ZeroMQ frames ``[topic, header, payload]``:
+
+- ``topic``: :func:`topic_for` ``rose.<run>.<kind>``, so subscribers filter by prefix;
+- ``header``: a tiny msgpack map ``{v, run, seq, kind}`` (:func:`header_prefix`
+  plus the packed seq), to which the broker adds ``offset`` once the event is
+  stored (:func:`with_offset`); the broker routes, dedupes and stores from the
+  topic and the header alone, checked once by :func:`parse_header`;
 - ``payload``: ``rose.events.encode(event)``, never decoded by the broker.
 
-Back up the learner's connection the broker sends acknowledgements, one
+Acknowledgements.  Back up the learner's connection the broker sends one
 message ``ACK_MARK + msgpack {run: [upto, last, count]}``: every seq below
 ``upto`` of that run is in the store and fsynced, and so are ``count`` events
 up to seq ``last``, which lets a learner that skipped a seq (an oversized
-event) tell that everything else up to ``last`` is stored.  XSUB hands such a message to every connected
-publisher; each one reads only its own runs.
+event) tell that everything else up to ``last`` is stored.  XSUB hands such a
+message to every connected publisher; each one reads only its own runs.
 
-Everything here is shared by the tracker, the broker, the store and the client,
-so the three sides cannot drift apart.
+Requests.  The broker's request endpoint takes ``{"op": Op.X, "id": n, ...}``
+with the arguments named in :class:`Arg` and answers a map with ``ok``,
+``id``, ``store_id``, ``generation`` and ``next_offset``.  Stored events
+travel in replies as rows ``[offset, run, seq, kind, payload]``
+(:func:`event_rows` builds them, :func:`parse_rows` checks them into
+:class:`StoredEvent` s).
+
+Location.  A broker writes its endpoints to ``<store>/bus.json``
+(:data:`BUS_FILE`); every client finds it by :func:`locate_bus`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import msgpack
 
-from rose.events import KINDS, MAX_EVENT_BYTES, RUN_ID_RE, SCHEMA_VERSION
+from rose.events import KINDS, MAX_EVENT_BYTES, RUN_ID_RE, SCHEMA_VERSION, EventError, decode
 
 #: Default loopback endpoints of ``rose bus`` (learners, sinks, requests).
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5555"
@@ -53,6 +67,21 @@ class Op:
     STATS = "stats"  # the broker's counters
 
 
+#: Rows per reply when a request does not say (``Arg.LIMIT``).
+DEFAULT_LIMIT = 1000
+#: The largest offset or seq (both are non-negative signed 64-bit ints).
+MAX_OFFSET = 2**63 - 1
+
+
+class Arg:
+    """The argument names of requests (beside ``op`` and ``id``)."""
+
+    FROM = "from"  # FETCH: the first offset wanted
+    LIMIT = "limit"  # FETCH, RUN_EVENTS: rows per reply at most
+    RUN = "run"  # RUN_EVENTS: the run id
+    FROM_SEQ = "from_seq"  # RUN_EVENTS: the first seq wanted
+
+
 #: A header larger than this is garbage: a real one is well under 200 bytes.
 MAX_HEADER_BYTES = 512
 #: A topic larger than this is garbage (``rose.`` + a 128-char run id + a kind).
@@ -66,7 +95,6 @@ ACK_MARK = b"\x02"
 ACK_MAX_RUNS = 1000
 
 _KIND_SET = frozenset(KINDS)
-_OFFSET_MAX = 2**63
 
 
 class WireError(ValueError):
@@ -89,10 +117,11 @@ def topic_for(run: str, kind: str) -> bytes:
 
 
 def make_header(run: str, seq: int, kind: str, offset: int | None = None) -> bytes:
-    head: dict[str, Any] = {"v": SCHEMA_VERSION, "run": run, "seq": seq, "kind": kind}
-    if offset is not None:
-        head["offset"] = offset
-    return msgpack.packb(head)
+    """A whole header (tests, tools); publishers use :func:`header_prefix` per run."""
+    header = header_prefix(run, kind) + msgpack.packb(seq)
+    if offset is None:
+        return header
+    return with_offset(header, Header(run, seq, kind, None), offset)
 
 
 def header_prefix(run: str, kind: str) -> bytes:
@@ -104,15 +133,38 @@ def header_prefix(run: str, kind: str) -> bytes:
     return b"\x84" + b"".join(msgpack.packb(p) for p in parts)
 
 
-def stored_header_prefix(run: str, kind: str) -> bytes:
-    """Like header_prefix, for a 5-key header: append packb(seq), packb("offset"), packb(offset)."""
-    parts = ("v", SCHEMA_VERSION, "run", run, "kind", kind, "seq")
-    return b"\x85" + b"".join(msgpack.packb(p) for p in parts)
+_PLAIN_HEADER = b"\x84\xa1v"  # what header_prefix starts with: 4 keys, "v" first
+_OFFSET_KEY = msgpack.packb("offset")
+
+
+def with_offset(header: bytes, head: Header, offset: int) -> bytes:
+    """The stored and forwarded header: the learner's checked ``header`` plus ``offset``.
+
+    A header from :func:`header_prefix` is extended in place (its map gets a
+    fifth key), so the broker does not pack a new one per event; any other
+    valid header is packed again in that canonical layout.  Stored headers
+    start with :data:`STORED_HEADER_MARK`.
+    """
+    if head.offset is None and header.startswith(_PLAIN_HEADER):
+        return b"\x85" + header[1:] + _OFFSET_KEY + msgpack.packb(offset)
+    return b"\x85" + header_prefix(head.run, head.kind)[1:] + msgpack.packb(head.seq) + (
+        _OFFSET_KEY + msgpack.packb(offset)
+    )
+
+
+#: The first bytes of every stored header (a msgpack map of 5 keys, "v" first).
+STORED_HEADER_MARK = b"\x85\xa1v"
 
 
 def make_ack(acks: dict[str, tuple[int, int, int]]) -> bytes:
     """One acknowledgement message: {run: (upto, last, count)}, see the module docstring."""
     return ACK_MARK + msgpack.packb(acks)
+
+
+def make_acks(acks: dict[str, tuple[int, int, int]]) -> list[bytes]:
+    """``acks`` as messages of at most ACK_MAX_RUNS runs each (so one message stays small)."""
+    items = list(acks.items())
+    return [make_ack(dict(items[i : i + ACK_MAX_RUNS])) for i in range(0, len(items), ACK_MAX_RUNS)]
 
 
 def parse_ack(msg: bytes) -> dict[str, tuple[int, int, int]]:
@@ -132,6 +184,17 @@ def parse_ack(msg: bytes) -> dict[str, tuple[int, int, int]]:
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_run(run: Any) -> None:
+    """The one check of a run id arriving from the wire: it is also safe as a file name."""
+    if not isinstance(run, str) or not RUN_ID_RE.match(run):
+        raise WireError("bad_run", f"invalid run id {str(run)[:40]!r}")
+
+
+def _is_uint(x: Any) -> bool:
+    """An offset or a seq: an int in [0, MAX_OFFSET]."""
+    return _is_int(x) and 0 <= x <= MAX_OFFSET
 
 
 def parse_header(topic: bytes, header: bytes, *, need_offset: bool = False) -> Header:
@@ -162,18 +225,81 @@ def decode_header(header: bytes, *, need_offset: bool = False) -> Header:
     if v != SCHEMA_VERSION or isinstance(v, bool):
         raise WireError("version", f"schema version {str(v)[:20]!r}, expected {SCHEMA_VERSION}")
     run, seq, kind = head.get("run"), head.get("seq"), head.get("kind")
-    if not isinstance(run, str) or not RUN_ID_RE.match(run):
-        raise WireError("bad_run", f"invalid run id {str(run)[:40]!r}")
-    if not _is_int(seq) or not 0 <= seq < _OFFSET_MAX:
+    _check_run(run)
+    if not _is_uint(seq):
         raise WireError("garbage", f"invalid seq {str(seq)[:20]!r}")
     if not isinstance(kind, str) or kind not in _KIND_SET:
         raise WireError("garbage", f"invalid kind {str(kind)[:20]!r}")
     offset = head.get("offset")
-    if offset is not None and (not _is_int(offset) or not 0 <= offset < _OFFSET_MAX):
+    if offset is not None and not _is_uint(offset):
         raise WireError("garbage", f"invalid offset {str(offset)[:20]!r}")
     if need_offset and offset is None:
         raise WireError("garbage", "header has no offset")
     return Header(run, seq, kind, offset)
+
+
+@dataclass(slots=True, eq=False)
+class StoredEvent:
+    """One stored event, wherever it comes from: the store, a broker reply, a log file, memory.
+
+    The routing key (``offset``, ``run``, ``seq``, ``kind``) is checked where
+    the bytes came in (:func:`parse_header`, :func:`parse_rows`, the log
+    reader) and trusted after that; ``kind`` is None only from sources that
+    cannot know it before decoding.  The event itself is carried as it
+    arrived: msgpack ``payload``, a decoded ``event`` map, and for log files
+    the JSON ``line`` as recorded; :meth:`load` decodes on demand, so
+    duplicates cost no decode.
+    """
+
+    offset: int
+    run: str
+    seq: int
+    kind: str | None = None
+    payload: bytes | None = field(default=None, repr=False)
+    event: dict[str, Any] | None = field(default=None, kw_only=True, repr=False)
+    #: The event's JSON line exactly as recorded, when it came from a log file.
+    line: str | None = field(default=None, kw_only=True, repr=False)
+
+    def load(self) -> dict[str, Any]:
+        """The validated event; raises EventError when the payload is bad or disagrees."""
+        if self.event is None:
+            if self.payload is None:
+                raise EventError("stored event without payload")
+            event = decode(self.payload)
+            if event["run"] != self.run or event["seq"] != self.seq:
+                raise EventError(
+                    f"payload (run {event['run']!r}, seq {event['seq']}) does not match "
+                    f"its header (run {self.run!r}, seq {self.seq})"
+                )
+            self.event = event
+            self.payload = None
+        return self.event
+
+    def copy(self) -> StoredEvent:
+        return dataclasses.replace(self)
+
+
+def event_rows(events: list[StoredEvent]) -> list[list[Any]]:
+    """Stored events as reply rows ``[offset, run, seq, kind, payload]`` (the broker's side)."""
+    return [[e.offset, e.run, e.seq, e.kind, e.payload] for e in events]
+
+
+def parse_rows(rows: Any) -> list[StoredEvent]:
+    """Check reply rows into StoredEvents (the client's side); WireError names what is wrong."""
+    if not isinstance(rows, list):
+        raise WireError("garbage", "events is not a list")
+    out = []
+    for row in rows:
+        if not isinstance(row, list) or len(row) != 5:
+            raise WireError("garbage", f"not a row [offset, run, seq, kind, payload]: {row!r:.60}")
+        offset, run, seq, kind, payload = row
+        if not (_is_uint(offset) and _is_uint(seq)):
+            raise WireError("garbage", f"invalid offset or seq in row {row[:3]!r:.60}")
+        _check_run(run)
+        if not isinstance(kind, str) or kind not in _KIND_SET or not isinstance(payload, bytes):
+            raise WireError("garbage", f"invalid kind or payload in row at offset {offset}")
+        out.append(StoredEvent(offset, run, seq, kind, payload))
+    return out
 
 
 def is_endpoint(value: str) -> bool:

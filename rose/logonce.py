@@ -10,6 +10,7 @@ filter, one small object per owner, no global state.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Hashable
 from typing import Any
 
@@ -23,6 +24,8 @@ class RepeatLog:
         self.logger = logger
         self.limit = limit
         self.counts: dict[Hashable, int] = {}
+        self._covered = 0  # occurrences already in the log: logged ones and reported totals
+        self._reported_at = float("-inf")
 
     def __call__(
         self,
@@ -37,6 +40,7 @@ class RepeatLog:
         self.counts[key] = n
         if n > self.limit:
             return False
+        self._covered += 1
         self.logger.log(level, msg, *args, exc_info=exc_info)
         return True
 
@@ -56,3 +60,27 @@ class RepeatLog:
         for key, n in self.counts.items():
             if n > self.limit:
                 self.logger.log(level, "%s %s: %d times in all", what, key, n)
+
+    def report(
+        self,
+        msg: str,
+        *,
+        every_s: float,
+        now: float | None = None,
+        final: bool = False,
+        level: int = logging.WARNING,
+    ) -> bool:
+        """Log ``msg % (total, counts)`` when occurrences went unlogged since the last time.
+
+        For a daemon's running summary: at most every ``every_s`` seconds, and
+        always when ``final`` (at shutdown).  True when it logged.
+        """
+        total = self.total
+        if total == self._covered:
+            return False
+        now = time.monotonic() if now is None else now
+        if not final and now - self._reported_at < every_s:
+            return False
+        self._covered, self._reported_at = total, now
+        self.logger.log(level, msg, total, dict(self.counts))
+        return True

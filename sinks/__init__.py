@@ -5,11 +5,12 @@ retries and checkpoints once for every sink; a sink kind only implements the
 small :class:`Sink` / :class:`RunSink` interface of :mod:`sinks.base`.
 """
 
+from bus.wire import StoredEvent
 from sinks.base import ApplyResult, Outcome, RunSink, Sink
 from sinks.file_sink import FileSink
 from sinks.memory import InMemorySink
 from sinks.runtime import Counters, RuntimeConfig, SinkRuntime
-from sinks.sources import Item, ListSource, LogSource, MemoryStore
+from sinks.sources import ListSource, LogSource, MemoryStore
 from sinks.tracker_sink import TrackerSink
 
 __all__ = [
@@ -17,7 +18,6 @@ __all__ = [
     "Counters",
     "FileSink",
     "InMemorySink",
-    "Item",
     "ListSource",
     "LogSource",
     "MemoryStore",
@@ -26,5 +26,6 @@ __all__ = [
     "RuntimeConfig",
     "Sink",
     "SinkRuntime",
+    "StoredEvent",
     "TrackerSink",
 ]

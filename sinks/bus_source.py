@@ -11,17 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bus.wire import BUS_FILE, Op
-from sinks.sources import Item, Rewind, SourceChanged
+from bus.wire import BUS_FILE, DEFAULT_LIMIT, StoredEvent
+from sinks.sources import BoundedSource, Rewind, SourceChanged
 
 log = logging.getLogger(__name__)
 
 DEFAULT_IDLE_MS = 200
-FETCH_PAGE = 1000
-
-
-def _item(ev: Any) -> Item:
-    return Item(ev.offset, ev.run, ev.seq, payload=ev.payload)
 
 
 class BusSource:
@@ -68,12 +63,17 @@ class BusSource:
     def store_id(self) -> str | None:
         return self.client.store_id()
 
-    def subscribe(self, from_offset: int) -> Iterator[Item | None]:
+    def subscribe(
+        self, from_offset: int, *, prefix: str = "rose."
+    ) -> Iterator[StoredEvent | Rewind | None]:
+        """See EventSource.subscribe; ``prefix`` keeps only topics that start with it
+        (``"rose." + run`` follows one run)."""
         from bus.client import StoreChangedError
 
         rewinds: list[dict[str, Any]] = []
         stream = self.client.subscribe(
             from_offset,
+            prefix,
             idle_timeout_ms=self.idle_ms,
             generation=self.resume_generation,
             on_rewind=rewinds.append,
@@ -84,16 +84,24 @@ class BusSource:
                     r = rewinds.pop(0)
                     yield Rewind(r["offset"], r["lost"], r["after"], r["generation"],
                                  r["from_offset"])  # fmt: skip
-                yield None if ev is None else _item(ev)
+                yield ev
         except StoreChangedError as exc:
             raise SourceChanged(str(exc)) from None
 
-    def run_events(self, run: str, from_seq: int) -> list[Item]:
-        return [_item(ev) for ev in self.client.run_events(run, from_seq)]
+    def run_events(self, run: str, from_seq: int) -> list[StoredEvent]:
+        return self.client.run_events(run, from_seq)
 
     def head_offset(self) -> int | None:
-        nxt = self.client.request(Op.HELLO).get("next_offset")
-        return nxt - 1 if isinstance(nxt, int) else None
+        """The newest stored offset, from what the subscription knows (refreshed every few s)."""
+        return self.client.head() - 1
+
+    def next_offset(self) -> int:
+        """The store's next offset, asked of the broker now."""
+        return self.client.head(max_age_s=0.0)
+
+    def broker_stats(self) -> dict[str, Any]:
+        """The broker's counters (``rose status``)."""
+        return self.client.stats()
 
     def close(self) -> None:
         self.client.close()
@@ -103,14 +111,12 @@ def is_store_dir(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / "store.json").is_file()
 
 
-class StoreSource:
+class StoreSource(BoundedSource):
     """Every event of a broker's store directory, for ``rose replay STORE``.
 
     Reads through the running broker when its ``bus.json`` answers, otherwise
     opens the store itself (the broker's lock makes that exclusive).
     """
-
-    refetchable = False
 
     def __init__(self, directory: str | os.PathLike[str], *, timeout_ms: int = 2000) -> None:
         self.dir = Path(directory)
@@ -135,32 +141,24 @@ class StoreSource:
                 raise ValueError(str(exc)) from None
             self._id = self._store.store_id
 
-    def store_id(self) -> str | None:
-        return None  # offsets here are the store's own; replay dedupes by (run, seq)
+    # store_id() is None: offsets here are the store's own; replay dedupes by (run, seq)
 
     def events(self) -> int:
         if self._store is not None:
             return int(self._store.next_offset)
-        return int(self._client.request(Op.HELLO)["next_offset"])
+        return self._client.head(max_age_s=0.0)
 
-    def subscribe(self, from_offset: int = 0) -> Iterator[Item | None]:
+    def subscribe(self, from_offset: int = 0) -> Iterator[StoredEvent | None]:
         offset = from_offset
         while True:
             if self._store is not None:
-                page = self._store.read(offset, FETCH_PAGE)
+                page = self._store.read(offset, DEFAULT_LIMIT)
             else:
-                page = self._client.fetch(offset, FETCH_PAGE)
+                page = self._client.fetch(offset, DEFAULT_LIMIT)
             if not page:
                 return
-            for rec in page:
-                yield Item(rec.offset, rec.run, rec.seq, payload=rec.payload)
+            yield from page
             offset = page[-1].offset + 1
-
-    def run_events(self, run: str, from_seq: int) -> list[Item]:
-        return []
-
-    def head_offset(self) -> int | None:
-        return None
 
     def close(self) -> None:
         if self._client is not None:

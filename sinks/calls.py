@@ -16,8 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from bus.wire import StoredEvent
 from sinks.base import ApplyResult, RunSink, Sink
-from sinks.sources import Item
 
 # The runtime's parts log under its name: its lines are listed by that name for users.
 log = logging.getLogger("sinks.runtime")
@@ -33,7 +33,7 @@ class Call:
 
     __slots__ = ("fn", "args", "what", "batch", "done", "result", "error", "started", "hung")
 
-    def __init__(self, fn: Callable[..., Any], args: tuple, what: str, batch: list[Item],
+    def __init__(self, fn: Callable[..., Any], args: tuple, what: str, batch: list[StoredEvent],
                  started: float = 0.0) -> None:  # fmt: skip
         self.fn = fn
         self.args = args
@@ -152,7 +152,7 @@ def open_run(sink: Sink, name: str) -> tuple[RunSink, int | None]:
     return backend, backend.resume_seq()
 
 
-def apply_args(batch: list[Item]) -> tuple:
+def apply_args(batch: list[StoredEvent]) -> tuple:
     """A backend's ``apply`` arguments: the events, and their lines when read as text."""
     events = [item.event for item in batch]
     if batch[0].line is None:

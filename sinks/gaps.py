@@ -13,9 +13,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from bus.wire import StoredEvent
 from sinks.runconfig import Counters, RuntimeConfig
 from sinks.runstate import RunState
-from sinks.sources import EventSource, Item
+from sinks.sources import EventSource
 
 # The runtime's parts log under its name: its lines are listed by that name for users.
 log = logging.getLogger("sinks.runtime")
@@ -28,7 +29,7 @@ class GapFiller:
     """Fills or reports the gaps of one runtime's runs; keeps the recent reports."""
 
     def __init__(self, name: str, source: EventSource, config: RuntimeConfig,
-                 counters: Counters, accept: Callable[[Item], bool],
+                 counters: Counters, accept: Callable[[StoredEvent], bool],
                  refetchable: bool) -> None:  # fmt: skip
         self.name = name
         self.source = source

@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from bus.wire import StoredEvent
 from sinks.base import ApplyResult, Outcome
 from sinks.runconfig import Counters, RuntimeConfig
 from sinks.runstate import RunState
-from sinks.sources import Item
 
 # The runtime's parts log under its name: its lines are listed by that name for users.
 log = logging.getLogger("sinks.runtime")
@@ -27,7 +27,7 @@ class Retries:
 
     def __init__(self, name: str, config: RuntimeConfig, counters: Counters,
                  clock: Callable[[], float], ready: set[str],
-                 applied: Callable[[RunState, list[Item]], None],
+                 applied: Callable[[RunState, list[StoredEvent]], None],
                  moved: Callable[[], None],
                  finished: Callable[[RunState], None]) -> None:  # fmt: skip
         self.name = name
@@ -43,7 +43,7 @@ class Retries:
         #: Called when a stopped run applied its last event (its backend closes).
         self._finished = finished
 
-    def account(self, run: RunState, batch: list[Item], result: ApplyResult,
+    def account(self, run: RunState, batch: list[StoredEvent], result: ApplyResult,
                 raised: BaseException | None) -> bool:  # fmt: skip
         """Account for a batch's result; True when the run may go on at once."""
         if raised is not None:

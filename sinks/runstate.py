@@ -15,12 +15,12 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from bus.wire import StoredEvent
 from rose.events import EventError, check_run_id
 from rose.logonce import RepeatLog
 from sinks.base import RunSink
 from sinks.calls import Call, Worker
 from sinks.runconfig import Counters, RuntimeConfig
-from sinks.sources import Item
 
 # The runtime's parts log under its name: its lines are listed by that name for users.
 log = logging.getLogger("sinks.runtime")
@@ -60,7 +60,7 @@ class RunState:
     def __init__(self, name: str, next_seq: int) -> None:
         self.name = name
         self.next_seq = next_seq
-        self.pending: dict[int, Item] = {}
+        self.pending: dict[int, StoredEvent] = {}
         self.backend: RunSink | None = None
         self.attempts = 0
         self.retry_at = 0.0
@@ -93,11 +93,11 @@ class RunState:
         """Events buffered, or dropped from a full buffer and still to be read again."""
         return bool(self.pending) or self.behind_offset is not None
 
-    def next_batch(self, max_batch: int) -> list[Item]:
+    def next_batch(self, max_batch: int) -> list[StoredEvent]:
         """The run's next contiguous events, one at a time while isolating a raise."""
         if self.next_seq <= self.isolate_until:
             max_batch = 1
-        batch: list[Item] = []
+        batch: list[StoredEvent] = []
         seq = self.next_seq
         pending = self.pending
         while len(batch) < max_batch:
@@ -116,7 +116,7 @@ class RunState:
             del self.pending[s]
         return len(old)
 
-    def took(self, items: list[Item]) -> None:
+    def took(self, items: list[StoredEvent]) -> None:
         """``items`` (the next contiguous events) were applied: move past them."""
         for item in items:
             del self.pending[item.seq]
@@ -212,7 +212,7 @@ class Runs:
     def __iter__(self) -> Iterator[RunState]:
         return iter(self.by_name.values())
 
-    def accept(self, item: Item, *, fill: bool = False) -> bool:
+    def accept(self, item: StoredEvent, *, fill: bool = False) -> bool:
         """Buffer ``item`` unless it is a duplicate; True when it was new."""
         counters = self.counters
         if not fill:

@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from bus.wire import StoredEvent
 from sinks.base import Sink
 from sinks.calls import (
     CALL_WAIT_S,
@@ -61,7 +62,7 @@ from sinks.retry import Retries
 from sinks.runconfig import Counters, RuntimeConfig
 from sinks.runstate import MAX_INVALID_LOGGED, Runs, RunState
 from sinks.runstatus import StatusReport
-from sinks.sources import EventSource, Item, Rewind, SourceChanged
+from sinks.sources import EventSource, Rewind, SourceChanged
 from sinks.state import StateDir
 
 __all__ = ["Counters", "MAX_INVALID_LOGGED", "RuntimeConfig", "SinkRuntime"]
@@ -200,7 +201,7 @@ class SinkRuntime:
                 delay = min(delay * 2, 5.0)
         return False, None
 
-    def _loop(self, stream: Iterator[Item | None]) -> None:
+    def _loop(self, stream: Iterator[StoredEvent | None]) -> None:
         while not self._stop.is_set():
             if self.runs.full:
                 # A source that cannot refetch: hold back instead of dropping events.
@@ -217,7 +218,7 @@ class SinkRuntime:
                 return
             self._tick()
 
-    def _pull(self, stream: Iterator[Item | None]) -> bool:
+    def _pull(self, stream: Iterator[StoredEvent | None]) -> bool:
         """Accept up to ``pull_limit`` events from ``stream``; True when a bounded source ended."""
         deadline = self._clock() + self.config.batch_wait_ms / 1000.0
         limit = self.pull_limit
@@ -350,7 +351,7 @@ class SinkRuntime:
         return min(CALL_WAIT_S, self.config.call_deadline_ms / 1000.0)
 
     def _call(self, run: RunState, what: str, fn: Callable[..., Any], *args: Any,
-              batch: list[Item] | None = None) -> Call | None:  # fmt: skip
+              batch: list[StoredEvent] | None = None) -> Call | None:  # fmt: skip
         """Run ``fn(*args)`` on the worker; the finished call, or None when set aside."""
         call = Call(fn, args, what, batch or [], self._clock())
         worker = self._calls.run(call, self._call_wait_s())
@@ -436,7 +437,7 @@ class SinkRuntime:
             if not self._retries.account(run, batch, *outcome(call)):
                 return
 
-    def _applied(self, run: RunState, items: list[Item]) -> None:
+    def _applied(self, run: RunState, items: list[StoredEvent]) -> None:
         run.took(items)
         self.counters.applied += len(items)
         self._dirty = True

@@ -1,8 +1,8 @@
 """Where a sink's events come from: the broker's store, event log files, memory.
 
-Every source hands the runtime :class:`Item` s: a position (``offset``), the
-routing key ``(run, seq)``, and the event as msgpack bytes, a decoded map or
-a JSON line.  Decoding is lazy, so duplicates cost no decode.
+Every source hands the runtime :class:`~bus.wire.StoredEvent` s: a position
+(``offset``), the routing key ``(run, seq)``, and the event as msgpack bytes,
+a decoded map or a JSON line.  Decoding is lazy, so duplicates cost no decode.
 """
 
 from __future__ import annotations
@@ -11,10 +11,13 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from rose.events import EventError, decode, from_json_line, validate
+from bus.wire import StoredEvent
+from rose.eventlog import EventLogReader
+from rose.events import EventError, encode, validate
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,7 @@ class SourceChanged(Exception):
     """The source now serves a different store: offsets restart, (run, seq) still dedupe."""
 
 
+@dataclass(slots=True)
 class Rewind:
     """Yielded by a source instead of an item: its store lost events, offsets go back.
 
@@ -31,58 +35,11 @@ class Rewind:
     from the store, which is now at ``generation``.
     """
 
-    __slots__ = ("offset", "lost", "after", "generation", "from_offset")
-
-    def __init__(
-        self, offset: int, lost: int, after: int, generation: int | None, from_offset: int
-    ) -> None:
-        self.offset = offset
-        self.lost = lost
-        self.after = after
-        self.generation = generation
-        self.from_offset = from_offset
-
-
-class Item:
-    """One stored event as the runtime sees it (routing key first, body on demand)."""
-
-    __slots__ = ("offset", "run", "seq", "payload", "event", "line")
-
-    def __init__(
-        self,
-        offset: int,
-        run: str,
-        seq: int,
-        *,
-        payload: bytes | None = None,
-        event: dict[str, Any] | None = None,
-        line: str | None = None,
-    ) -> None:
-        self.offset = offset
-        self.run = run
-        self.seq = seq
-        self.payload = payload
-        self.event = event
-        #: The event's JSON line exactly as recorded, when it came from a log file.
-        self.line = line
-
-    def load(self) -> dict[str, Any]:
-        """The validated event; raises EventError when the payload is bad or disagrees."""
-        if self.event is None:
-            if self.payload is None:
-                raise EventError("stored event without payload")
-            event = decode(self.payload)
-            if event["run"] != self.run or event["seq"] != self.seq:
-                raise EventError(
-                    f"payload (run {event['run']!r}, seq {event['seq']}) does not match "
-                    f"its header (run {self.run!r}, seq {self.seq})"
-                )
-            self.event = event
-            self.payload = None
-        return self.event
-
-    def __repr__(self) -> str:
-        return f"Item(offset={self.offset}, run={self.run!r}, seq={self.seq})"
+    offset: int
+    lost: int
+    after: int
+    generation: int | None
+    from_offset: int
 
 
 class EventSource(Protocol):
@@ -96,14 +53,14 @@ class EventSource(Protocol):
     def store_id(self) -> str | None:
         """Identity of the underlying store (None for sources without one)."""
 
-    def subscribe(self, from_offset: int) -> Iterator[Item | None]:
+    def subscribe(self, from_offset: int) -> Iterator[StoredEvent | None]:
         """Every event at offset >= from_offset once, in offset order; None on idle.
 
         Ends only for bounded sources (files); a live source yields None while
         idle so the caller can check for shutdown.
         """
 
-    def run_events(self, run: str, from_seq: int) -> list[Item]:
+    def run_events(self, run: str, from_seq: int) -> list[StoredEvent]:
         """The stored events of ``run`` from ``from_seq`` on, to fill a gap ([] if unknown)."""
 
     def head_offset(self) -> int | None:
@@ -127,20 +84,18 @@ class MemoryStore:
     def __init__(self, *, store_id: str = "memory-store", idle_s: float = 0.05) -> None:
         self._id = store_id
         self._idle_s = idle_s
-        self._items: list[tuple[Item, bool]] = []
+        self._items: list[tuple[StoredEvent, bool]] = []
         self._keys: set[tuple[str, int]] = set()
         self._cond = threading.Condition()
         self.fill_requests = 0
 
     def append(self, event: dict[str, Any], *, live: bool = True) -> bool:
-        from rose.events import encode
-
         key = (event["run"], event["seq"])
         with self._cond:
             if key in self._keys:
                 return False
             self._keys.add(key)
-            item = Item(len(self._items), key[0], key[1], payload=encode(event))
+            item = StoredEvent(len(self._items), *key, event["kind"], encode(event))
             self._items.append((item, live))
             self._cond.notify_all()
         return True
@@ -148,7 +103,7 @@ class MemoryStore:
     def append_raw(self, run: str, seq: int, payload: bytes) -> None:
         """Store bytes as they are (garbage included), like a broker that never decodes."""
         with self._cond:
-            self._items.append((Item(len(self._items), run, seq, payload=payload), True))
+            self._items.append((StoredEvent(len(self._items), run, seq, payload=payload), True))
             self._cond.notify_all()
 
     def __len__(self) -> int:
@@ -158,7 +113,7 @@ class MemoryStore:
     def store_id(self) -> str | None:
         return self._id
 
-    def subscribe(self, from_offset: int) -> Iterator[Item | None]:
+    def subscribe(self, from_offset: int) -> Iterator[StoredEvent | None]:
         pos = max(0, from_offset)
         while True:
             with self._cond:
@@ -171,13 +126,13 @@ class MemoryStore:
             for item, live in batch:
                 pos += 1
                 if live:
-                    yield _copy(item)
+                    yield item.copy()
 
-    def run_events(self, run: str, from_seq: int) -> list[Item]:
+    def run_events(self, run: str, from_seq: int) -> list[StoredEvent]:
         self.fill_requests += 1
         with self._cond:
             found = [i for i, _ in self._items if i.run == run and i.seq >= from_seq]
-        return [_copy(i) for i in sorted(found, key=lambda i: i.seq)]
+        return [i.copy() for i in sorted(found, key=lambda i: i.seq)]
 
     def head_offset(self) -> int | None:
         return len(self._items) - 1 if self._items else None
@@ -186,22 +141,38 @@ class MemoryStore:
         pass
 
 
-def _copy(item: Item) -> Item:
-    return Item(item.offset, item.run, item.seq, payload=item.payload, event=item.event)
+class BoundedSource:
+    """What every source that ends after its last event shares.
+
+    No store behind it (no id, no head), nothing to fetch again: the runtime
+    never drops one of its events from a full buffer, it stops reading instead.
+    """
+
+    refetchable = False
+
+    def store_id(self) -> str | None:
+        return None
+
+    def run_events(self, run: str, from_seq: int) -> list[StoredEvent]:
+        return []
+
+    def head_offset(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        pass
 
 
 # ------------------------------------------------------------------ log files
 
 
-class LogSource:
+class LogSource(BoundedSource):
     """Events of JSONL logs (file-sink output, FileTracker logs, spools), file by file.
 
     A bounded source: ``subscribe`` ends after the last line.  Torn last
     lines are skipped; bad lines are counted in ``bad_lines`` and logged once
     per file.  ``on_bytes`` reports progress (bytes read) for progress bars.
     """
-
-    refetchable = False
 
     def __init__(
         self,
@@ -216,71 +187,34 @@ class LogSource:
     def total_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.paths)
 
-    def store_id(self) -> str | None:
-        return None
-
-    def subscribe(self, from_offset: int = 0) -> Iterator[Item | None]:
+    def subscribe(self, from_offset: int = 0) -> Iterator[StoredEvent | None]:
         offset = 0
         for path in self.paths:
-            bad, first = 0, ""
-            with path.open("rb") as f:
-                for lineno, raw in enumerate(f, 1):
-                    if self.on_bytes is not None:
-                        self.on_bytes(len(raw))
-                    if not raw.endswith(b"\n"):
-                        if raw.strip():
-                            log.warning("%s: ignoring a torn last line %d", path, lineno)
-                        continue
-                    try:
-                        text = raw.decode()  # kept: the file sink writes replayed lines as they are
-                        event = from_json_line(text)
-                    except (EventError, UnicodeDecodeError) as exc:
-                        if raw.strip():
-                            bad += 1
-                            first = first or f"line {lineno}: {exc}"
-                        continue
+            reader = EventLogReader(path, on_bytes=self.on_bytes)
+            try:
+                for line, event in reader:
                     if offset >= from_offset:
-                        yield Item(offset, event["run"], event["seq"], event=event, line=text)
+                        yield StoredEvent(
+                            offset, event["run"], event["seq"], event["kind"], event=event,
+                            line=line,
+                        )  # fmt: skip
                     offset += 1
-            if bad:
-                self.bad_lines += bad
-                log.warning("%s: skipped %d bad line(s); first: %s", path, bad, first)
-
-    def run_events(self, run: str, from_seq: int) -> list[Item]:
-        return []
-
-    def head_offset(self) -> int | None:
-        return None
-
-    def close(self) -> None:
-        pass
+            finally:
+                self.bad_lines += reader.bad_lines
 
 
-class ListSource:
+
+class ListSource(BoundedSource):
     """A bounded source over events already in memory (tests, embedded replay)."""
-
-    refetchable = False
 
     def __init__(self, events: Iterable[dict[str, Any]]) -> None:
         self._events = list(events)
 
-    def store_id(self) -> str | None:
-        return None
-
-    def subscribe(self, from_offset: int = 0) -> Iterator[Item | None]:
+    def subscribe(self, from_offset: int = 0) -> Iterator[StoredEvent | None]:
         for i, ev in enumerate(self._events[from_offset:], start=from_offset):
             try:
                 ev = validate(ev)
             except EventError as exc:
                 log.warning("skipping invalid event %d: %s", i, exc)
                 continue
-            yield Item(i, ev["run"], ev["seq"], event=ev)
-
-    def run_events(self, run: str, from_seq: int) -> list[Item]:
-        return []
-
-    def head_offset(self) -> int | None:
-        return None
-
-    def close(self) -> None:
-        pass
+            yield StoredEvent(i, ev["run"], ev["seq"], ev["kind"], event=ev)

@@ -42,3 +42,23 @@ def test_exc_info_carries_the_traceback(caplog):
 def test_bad_limit_is_refused():
     with pytest.raises(ValueError, match="limit"):
         RepeatLog(logging.getLogger("x"), limit=0)
+
+
+def test_report_sums_up_what_went_unlogged_at_most_every_interval(caplog):
+    rl = RepeatLog(logging.getLogger("test.logonce4"))
+    with caplog.at_level(logging.WARNING, logger="test.logonce4"):
+        rl("a", "first a")
+        assert not rl.report("%d so far: %s", every_s=60, now=1000.0)  # all of it is logged
+        rl("a", "first a")
+        rl("b", "first b")
+        assert rl.report("%d so far: %s", every_s=60, now=1000.0)
+        rl("a", "first a")
+        assert not rl.report("%d so far: %s", every_s=60, now=1030.0)  # too soon
+        assert rl.report("%d so far: %s", every_s=60, now=1030.0, final=True)
+        assert not rl.report("%d so far: %s", every_s=60, now=2000.0, final=True)  # nothing new
+    assert [r.getMessage() for r in caplog.records] == [
+        "first a",
+        "first b",
+        "3 so far: {'a': 2, 'b': 1}",
+        "4 so far: {'a': 3, 'b': 1}",
+    ]

@@ -13,7 +13,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bus import BrokerThread, BusClient, BusError, BusTracker
+from bus import Broker, BrokerThread, BusClient, BusError, BusTracker
 from bus.wire import make_header, topic_for
 from rose.events import SCHEMA_VERSION, decode
 from rose.tracking import IterationState, PipelineManifest
@@ -254,3 +254,12 @@ def test_fuzz_frontend_and_requests_never_kill_the_broker(broker, zctx):
         throw()
     finally:
         client.close()
+
+
+def test_bad_options_are_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match="Broker: hwm must be >= 1, got 0"):
+        Broker(tmp_path, hwm=0)
+    with pytest.raises(ValueError, match="max_event_bytes must be <="):
+        Broker(tmp_path, max_event_bytes=2**40)
+    with pytest.raises(TypeError, match="segment_byte"):
+        Broker(tmp_path, segment_byte=10)

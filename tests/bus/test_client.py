@@ -84,3 +84,34 @@ def test_from_file_and_summaries(broker):
         assert [e.seq for e in client.run_events(run, from_seq=3)] == [3, 4]
         assert [e.offset for e in client.fetch(2, limit=2)] == [2, 3]
         assert client.fetch(5) == []
+
+
+def test_head_is_answered_from_what_the_client_knows(broker, client):
+    from sinks.bus_source import BusSource
+
+    _publish(broker.frontend, 10)
+    assert wait_until(lambda: client.stats()["stored"] == 10)
+    source = BusSource(client)
+    asked = broker.broker.counters.requests
+    assert [source.head_offset() for _ in range(20)] == [9] * 20  # from the stats reply
+    assert broker.broker.counters.requests == asked
+    stream = source.subscribe(0)
+    assert [e.offset for e in _take(stream, 10)] == list(range(10))
+    _publish(broker.frontend, 5)
+    assert [e.offset for e in _take(stream, 5)] == list(range(10, 15))
+    assert source.head_offset() == 14  # seen on the subscription, live or fetched
+    asked = broker.broker.counters.requests
+    assert source.next_offset() == 15  # asked now
+    assert broker.broker.counters.requests == asked + 1
+    stream.close()
+
+
+def test_bus_source_follows_one_run_by_prefix(broker, client):
+    from sinks.bus_source import BusSource
+
+    one, _other = _publish(broker.frontend, 4), _publish(broker.frontend, 3)
+    assert wait_until(lambda: client.stats()["stored"] == 7)
+    stream = BusSource(client).subscribe(0, prefix=f"rose.{one}.")
+    assert [(e.run, e.seq) for e in _take(stream, 4, max_idle=3)] == [(one, s) for s in range(4)]
+    assert next(stream) is None  # nothing of the other run follows
+    stream.close()

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bus import BrokerThread, BusClient
-from bus.broker import MAX_REQUEST_BYTES
+from bus.requests import MAX_REQUEST_BYTES
 from bus.wire import WireError, make_header, parse_header, topic_for
 from rose.events import KINDS
 

@@ -23,11 +23,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bus.wire import StoredEvent
 from rose.eventlog import read_events
 from rose.events import EventError, decode, encode
 from rose.tracking import TrackerBase
 from sinks.runtime import MAX_INVALID_LOGGED, RuntimeConfig, SinkRuntime
-from sinks.sources import Item
+from sinks.sources import BoundedSource
 
 from .conftest import tried
 from .strategies import HOSTILE_RUN_IDS, damaged_bytes, mutated_events, run_ids, valid_events
@@ -35,29 +36,15 @@ from .strategies import HOSTILE_RUN_IDS, damaged_bytes, mutated_events, run_ids,
 BOUND_S = 10.0
 
 
-class RawSource:
+class RawSource(BoundedSource):
     """A bounded source of (run, seq, payload) exactly as a broker would store them."""
-
-    refetchable = False
 
     def __init__(self, items: list[tuple[str, int, bytes]]) -> None:
         self.items = items
 
-    def store_id(self) -> str | None:
-        return None
-
-    def subscribe(self, from_offset: int = 0) -> Iterator[Item | None]:
+    def subscribe(self, from_offset: int = 0) -> Iterator[StoredEvent | None]:
         for i, (run, seq, payload) in enumerate(self.items[from_offset:], start=from_offset):
-            yield Item(i, run, seq, payload=payload)
-
-    def run_events(self, run: str, from_seq: int) -> list[Item]:
-        return []
-
-    def head_offset(self) -> int | None:
-        return None
-
-    def close(self) -> None:
-        pass
+            yield StoredEvent(i, run, seq, payload=payload)
 
 
 @st.composite

@@ -7,11 +7,12 @@ import random
 
 import pytest
 
+from bus.wire import StoredEvent
 from rose.events import encode
 from sinks.base import ApplyResult, RunSink, Sink
 from sinks.memory import FOREVER, InMemorySink
 from sinks.runtime import RuntimeConfig, SinkRuntime
-from sinks.sources import Item, ListSource, MemoryStore
+from sinks.sources import ListSource, MemoryStore
 from sinks.state import StateDir, StateDirBusy, read_status
 from tests.polling import wait_until
 from tests.sinks.helpers import ManualClock, RuntimeThread, fast_config, run_events
@@ -306,6 +307,6 @@ def test_retry_backoff_doubles_up_to_its_cap_and_a_backend_hint_only_lengthens_i
 def test_item_rejects_a_payload_that_disagrees_with_its_header():
     from rose.events import EventError
 
-    item = Item(0, "other", 0, payload=encode(run_events("r1", 0)[0]))
+    item = StoredEvent(0, "other", 0, payload=encode(run_events("r1", 0)[0]))
     with pytest.raises(EventError, match="does not match"):
         item.load()
