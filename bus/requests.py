@@ -17,7 +17,8 @@ import msgpack
 import zmq
 
 from bus.wire import DEFAULT_LIMIT, MAX_OFFSET, Arg, Op, event_rows
-from rose.events import RUN_ID_RE, SCHEMA_VERSION
+from rose.events.identity import RUN_ID_RE
+from rose.events.schema import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from bus.broker import Broker

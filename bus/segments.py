@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bus.wire import STORED_HEADER_MARK, Header, WireError, decode_header
-from rose.events import KINDS
+from rose.events.schema import KINDS
 
 if TYPE_CHECKING:
     from bus.store import RunIndex

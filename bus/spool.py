@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import numpy as np
 
 from rose.eventlog import EventLogWriter
-from rose.events import _ext_hook, decode, to_json_line, validate
+from rose.events.jsonl import to_json_line
+from rose.events.msgpack_codec import decode, decode_unbounded
 from rose.logonce import RepeatLog
 
 # The tracker's messages keep the one logger name users filter on and the docs show.
@@ -50,11 +50,7 @@ def holds_array(value: Any) -> bool:
 
 def load_sent(payload: bytes, whole: bool = False) -> dict[str, Any]:
     """The event as it was sent; ``whole``: over the decoders' bounds (kept whole)."""
-    if whole:
-        return validate(
-            msgpack.unpackb(payload, raw=False, strict_map_key=True, ext_hook=_ext_hook)
-        )
-    return decode(payload)
+    return decode_unbounded(payload) if whole else decode(payload)
 
 
 class Spooler:

@@ -43,7 +43,7 @@ from typing import Any
 from bus.segments import KIND_NO, REC, Damage, Segment, SegmentRecovery, fsync_dir, record
 from bus.storemeta import STORE_FORMAT, STORE_VERSION, StoreError, read_meta
 from bus.wire import Header, StoredEvent, make_header, with_offset
-from rose.events import KINDS
+from rose.events.schema import KINDS
 from rose.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)

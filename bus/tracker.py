@@ -36,14 +36,10 @@ from bus.outbox import Out, Outbox, send_frames
 from bus.security import client_curve
 from bus.spool import Spooler
 from bus.wire import header_prefix, topic_for
-from rose.events import (
-    MAX_EVENT_BYTES,
-    EventTracker,
-    encode,
-    iteration_event,
-    start_event,
-    stop_event,
-)
+from rose.events.bodies import iteration_event, start_event, stop_event
+from rose.events.feed import EventTracker
+from rose.events.msgpack_codec import encode
+from rose.events.schema import MAX_EVENT_BYTES
 from rose.logonce import RepeatLog
 from rose.tracking import IterationState, PipelineManifest
 

@@ -42,7 +42,9 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from rose.events import KINDS, MAX_EVENT_BYTES, RUN_ID_RE, SCHEMA_VERSION, EventError, decode
+from rose.events.identity import RUN_ID_RE
+from rose.events.msgpack_codec import decode
+from rose.events.schema import KINDS, MAX_EVENT_BYTES, SCHEMA_VERSION, EventError
 
 #: Default loopback endpoints of ``rose bus`` (learners, sinks, requests).
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5555"

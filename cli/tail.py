@@ -59,7 +59,8 @@ def register(subparsers: Any) -> None:
 
 
 def run_tail(args: argparse.Namespace) -> int:
-    from rose.events import EventError, decode
+    from rose.events.msgpack_codec import decode
+    from rose.events.schema import EventError
     from sinks.tail_view import Rates, format_tail_line
 
     client = bus_client(args)

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from rose.events import MAX_JSON_LINE_BYTES, EventError, from_json_line, to_json_line
+from rose.events.jsonl import from_json_line, to_json_line
+from rose.events.schema import MAX_JSON_LINE_BYTES, EventError
 
 log = logging.getLogger(__name__)
 

@@ -73,6 +73,6 @@ continue the same task without repeating a point.
         )
 
     def default_state_dir(self, *, project: str | None = None, **_: Any) -> Path:
-        from rose.events import sanitize_run_name
+        from rose.events.identity import sanitize_run_name
 
         return STATE_ROOT / f"clearml-{sanitize_run_name(project or '') or 'default'}"

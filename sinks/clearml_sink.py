@@ -34,7 +34,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from rose.events import EventError, from_json_line, to_json_line
+from rose.events.jsonl import from_json_line, to_json_line
+from rose.events.schema import EventError
 from rose.fileio import atomic_write_json, read_json
 from sinks.base import ApplyResult, RunSink
 from sinks.journal import JournaledSink

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from rose.eventlog import EventLogWriter, read_events
-from rose.events import EventError, check_run_id, to_json_line
+from rose.events.identity import check_run_id
+from rose.events.jsonl import to_json_line
+from rose.events.schema import EventError
 from sinks.base import ApplyResult, RunSink, Sink
 from sinks.kinds import STATE_ROOT, Option, SinkKind
 from sinks.state import OutputLock

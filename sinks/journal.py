@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rose.events import check_run_id
+from rose.events.identity import check_run_id
 from sinks.base import Sink
 
 

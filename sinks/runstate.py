@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from bus.wire import StoredEvent
-from rose.events import EventError, check_run_id
+from rose.events.identity import check_run_id
+from rose.events.schema import EventError
 from rose.logonce import RepeatLog
 from sinks.base import RunSink
 from sinks.calls import Call, Worker

@@ -17,7 +17,9 @@ from typing import Any, Protocol
 
 from bus.wire import StoredEvent
 from rose.eventlog import EventLogReader
-from rose.events import EventError, encode, validate
+from rose.events.msgpack_codec import encode
+from rose.events.schema import EventError
+from rose.events.validation import validate
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rose.events import EventFeed
+from rose.events.feed import EventFeed
 from rose.tracking import TrackerBase
 from sinks.base import ApplyResult, RunSink, Sink
 from sinks.kinds import STATE_ROOT, Option, SinkKind
@@ -167,6 +167,6 @@ callback that raises is retried with backoff, then skipped after
         return TrackerSink.from_spec(tracker, parse_kwargs(arg))
 
     def default_state_dir(self, *, tracker: str | None = None, **_: Any) -> Path:
-        from rose.events import sanitize_run_name
+        from rose.events.identity import sanitize_run_name
 
         return STATE_ROOT / f"tracker-{sanitize_run_name(tracker or '') or 'tracker'}"

@@ -37,7 +37,6 @@ PUBLIC_NAMES = (
     "encode", "decode", "to_json_line", "json_line_is_small", "from_json_line", "EventFeed",
     "EventTracker", "STOP_REASONS", "CriterionManifest", "EventContext", "IterationState",
     "PipelineManifest", "TaskManifest", "TrackerBase", "delivering", "event_context",
-    "_ext_hook",
 )
 
 

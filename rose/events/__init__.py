@@ -60,8 +60,7 @@ _BODIES = (
     "stop_event",
 )
 _VALIDATION = ("validate",)
-# _ext_hook: bus.tracker decodes its spool's arrays with it.
-_MSGPACK = ("pack", "unpack", "encode", "decode", "_ext_hook")
+_MSGPACK = ("pack", "unpack", "encode", "decode", "decode_unbounded")
 _JSONL = ("to_json_line", "from_json_line", "json_line_is_small")
 _FEED = ("EventFeed", "EventTracker")
 # The callback types events are made from, importable here as they always were.

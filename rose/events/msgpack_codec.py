@@ -151,3 +151,9 @@ def encode(event: dict[str, Any]) -> bytes:
 def decode(data: bytes) -> dict[str, Any]:
     """msgpack bytes → validated event."""
     return validate(unpack(data))
+
+
+def decode_unbounded(data: bytes) -> dict[str, Any]:
+    """Like decode, without the size bounds: for bytes this process encoded itself
+    (an oversized event a tracker keeps whole in its own spool), never for received ones."""
+    return validate(msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_ext_hook))

@@ -16,7 +16,7 @@ from radical.asyncflow import WorkflowEngine
 
 from rose import metrics
 from rose.config import LearnerConfig, TaskConfig
-from rose.events import new_run_id
+from rose.events.identity import new_run_id
 from rose.learner.fanout import TrackerFanout
 from rose.learner.lanes import Lane
 from rose.learner.loop import LearnerLoop

@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from rose.events import make_origin
+from rose.events.identity import make_origin
 from rose.logonce import RepeatLog
 from rose.tracking import EventContext, TrackerBase, delivering
 
