@@ -189,6 +189,7 @@ def test_cli_reports_an_endpoint_in_use_in_one_line(tmp_path, broker):
         [
             sys.executable,
             "-m",
+            "cli",
             "bus",
             "--store",
             str(tmp_path / "s2"),
