@@ -84,7 +84,12 @@ def make_events(n: int, runs: int = RUNS) -> list[dict[str, Any]]:
 def bench_replay(logs: Path, work: Path) -> dict[str, Any]:
     """Replay the file sink's own output (``logs/*.jsonl``) into a new file sink."""
     from sinks.file_sink import FileSink
-    from sinks.replay import ChainSource, default_jobs, replay_parallel
+    from sinks.replay import default_jobs, replay_parallel
+
+    try:
+        from sinks.replay import ChainSource
+    except ImportError:  # a baseline tree from before the CLI package kept it in the CLI
+        from sinks.cli import ChainSource
     from sinks.runtime import RuntimeConfig, SinkRuntime
     from sinks.sources import LogSource
 

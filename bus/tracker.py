@@ -29,6 +29,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from bus.checks import at_least
 from bus.fallback import FallbackLog, fallback_dir_of
 from bus.lifetime import close_at_exit, closed
 from bus.link import Link, connect, find_broker
@@ -69,12 +70,6 @@ _STATS = (
     "sent", "resent", "acknowledged", "fallback", "spooled", "dropped", "oversized",
     "pending", "unacked", "subscriptions",
 )  # fmt: skip
-
-
-def _check_at_least(least: int, **values: int) -> None:
-    for name, value in values.items():
-        if value < least:
-            raise ValueError(f"BusTracker: {name} must be >= {least}, got {value}")
 
 
 class BusTracker(EventTracker):
@@ -138,10 +133,11 @@ class BusTracker(EventTracker):
         super().__init__()
         endpoint, bus, info = find_broker(endpoint, bus)
         curve = client_curve(server_key, client_key, bus_info=info)
-        _check_at_least(
-            1, max_pending=max_pending, max_pending_bytes=max_pending_bytes, sndhwm=sndhwm
+        at_least(
+            "BusTracker", 1, max_pending=max_pending, max_pending_bytes=max_pending_bytes, sndhwm=sndhwm
         )
-        _check_at_least(
+        at_least(
+            "BusTracker",
             0,
             start_wait_ms=start_wait_ms,
             flush_timeout_ms=flush_timeout_ms,
