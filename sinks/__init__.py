@@ -9,7 +9,8 @@ from bus.wire import StoredEvent
 from sinks.base import ApplyResult, Outcome, RunSink, Sink
 from sinks.file_sink import FileSink
 from sinks.memory import InMemorySink
-from sinks.runtime import Counters, RuntimeConfig, SinkRuntime
+from sinks.runconfig import Counters, RuntimeConfig
+from sinks.runtime import SinkRuntime
 from sinks.sources import ListSource, LogSource, MemoryStore
 from sinks.tracker_sink import TrackerSink
 

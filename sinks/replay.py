@@ -26,7 +26,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from sinks.runtime import Counters, RuntimeConfig, SinkRuntime
+from sinks.runconfig import Counters, RuntimeConfig
+from sinks.runtime import SinkRuntime
 from sinks.sources import LogSource
 
 log = logging.getLogger(__name__)
