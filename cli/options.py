@@ -12,6 +12,7 @@ import re
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from bus.wire import ENV_BUS, is_endpoint, locate_bus, read_bus_file
@@ -162,11 +163,17 @@ def bus_client(args: argparse.Namespace) -> Any:
 # ------------------------------------------------------------------ sink state
 
 
+def expanded_path(value: str) -> Path:
+    """A directory argument with ``~`` expanded (``--state=~/x`` reaches us unexpanded)."""
+    return Path(value).expanduser()
+
+
 def add_state_dir(group: Any, *, replay: bool = False) -> None:
     """--state DIR: where this sink keeps its checkpoint and status."""
     group.add_argument(
         "--state",
         metavar="DIR",
+        type=expanded_path,
         help="checkpoint and status directory"
         + (" (replays remember nothing without it)" if replay else " [depends on the kind]"),
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 from cli.kinds import add_kind_options, build_checked, kind_options
@@ -77,7 +76,7 @@ def run_sink(args: argparse.Namespace) -> int:
     assert kind is not None
     config = runtime_config(args, kind.max_attempts)
     options = kind_options(args, kind)
-    state = Path(args.state) if args.state else kind.default_state_dir(**options)
+    state = kind.state_dir(args.state, **options)
     sink = build_checked(kind, options, state)
     source = BusSource(bus_client(args))
     runtime = make_runtime(sink, source, state_dir=state, config=config, name=args.kind)

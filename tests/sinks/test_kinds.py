@@ -56,3 +56,16 @@ def test_the_parser_imports_no_backend_library():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", [["sink", "slack"], ["replay", "x.jsonl", "--into", "slack"]])
+def test_state_with_a_tilde_is_one_place_for_checkpoint_and_journals(monkeypatch, tmp_path, command):
+    """``--state=~/s`` reaches the program unexpanded; the checkpoint and the kind's
+    journals must both go to $HOME/s, not one of them to ./~/s."""
+    from cli.main import build_parser
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = build_parser().parse_args([*command, "--state=~/s"])
+    kind = load_kind("slack")
+    assert args.state == tmp_path / "s"
+    assert kind.state_dir(args.state) == tmp_path / "s"
