@@ -63,17 +63,13 @@ class BusSource:
     def store_id(self) -> str | None:
         return self.client.store_id()
 
-    def subscribe(
-        self, from_offset: int, *, prefix: str = "rose."
-    ) -> Iterator[StoredEvent | Rewind | None]:
-        """See EventSource.subscribe; ``prefix`` keeps only topics that start with it
-        (``"rose." + run`` follows one run)."""
+    def subscribe(self, from_offset: int) -> Iterator[StoredEvent | Rewind | None]:
+        """See EventSource.subscribe."""
         from bus.client import StoreChangedError
 
         rewinds: list[dict[str, Any]] = []
         stream = self.client.subscribe(
             from_offset,
-            prefix,
             idle_timeout_ms=self.idle_ms,
             generation=self.resume_generation,
             on_rewind=rewinds.append,
@@ -82,8 +78,7 @@ class BusSource:
             for ev in stream:
                 while rewinds:
                     r = rewinds.pop(0)
-                    yield Rewind(r["offset"], r["lost"], r["after"], r["generation"],
-                                 r["from_offset"])  # fmt: skip
+                    yield Rewind(r["offset"], r["lost"], r["after"], r["generation"])
                 yield ev
         except StoreChangedError as exc:
             raise SourceChanged(str(exc)) from None
@@ -98,10 +93,6 @@ class BusSource:
     def next_offset(self) -> int:
         """The store's next offset, asked of the broker now."""
         return self.client.head(max_age_s=0.0)
-
-    def broker_stats(self) -> dict[str, Any]:
-        """The broker's counters (``rose status``)."""
-        return self.client.stats()
 
     def close(self) -> None:
         self.client.close()

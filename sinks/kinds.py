@@ -70,11 +70,6 @@ class SinkKind:
     #: command line sets when the user did not (see :meth:`environment`).
     env_defaults: ClassVar[dict[str, str]] = {}
 
-    def defaults(self) -> dict[str, Any]:
-        """Every option's default, by keyword."""
-        return {o.name: ([] if o.repeat and o.default is None else o.default)
-                for o in self.options}  # fmt: skip
-
     def default_state_dir(self, **options: Any) -> Path:
         """Where ``rose sink KIND`` keeps its checkpoint and status without --state."""
         return STATE_ROOT / self.name

@@ -28,7 +28,7 @@ from typing import Any
 
 from sinks.runconfig import Counters, RuntimeConfig
 from sinks.runtime import SinkRuntime
-from sinks.sources import LogSource
+from sinks.sources import BoundedSource, LogSource
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +39,11 @@ MAX_JOBS = 8
 _RUN_RE = re.compile(rb'^\{"v":\d+,"run":"([A-Za-z0-9._-]{1,128})"', re.M)
 
 
-class ChainSource:
+class ChainSource(BoundedSource):
     """Several bounded sources one after another, with offsets renumbered."""
-
-    refetchable = False
 
     def __init__(self, parts: list[Any]) -> None:
         self.parts = parts
-
-    def store_id(self) -> str | None:
-        return None
 
     def subscribe(self, from_offset: int = 0) -> Iterator[Any]:
         n = 0
@@ -59,12 +54,6 @@ class ChainSource:
                 item.offset = n
                 n += 1
                 yield item
-
-    def run_events(self, run: str, from_seq: int) -> list[Any]:
-        return []
-
-    def head_offset(self) -> int | None:
-        return None
 
     @property
     def bad_lines(self) -> int:

@@ -41,7 +41,6 @@ class Rewind:
     lost: int
     after: int
     generation: int | None
-    from_offset: int
 
 
 class EventSource(Protocol):
@@ -185,9 +184,6 @@ class LogSource(BoundedSource):
         self.paths = [Path(p) for p in paths]
         self.on_bytes = on_bytes
         self.bad_lines = 0
-
-    def total_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.paths)
 
     def subscribe(self, from_offset: int = 0) -> Iterator[StoredEvent | None]:
         offset = 0

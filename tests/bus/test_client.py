@@ -106,12 +106,11 @@ def test_head_is_answered_from_what_the_client_knows(broker, client):
     stream.close()
 
 
-def test_bus_source_follows_one_run_by_prefix(broker, client):
-    from sinks.bus_source import BusSource
-
+def test_subscription_follows_one_run_by_prefix(broker, client):
+    """What ``rose tail --run`` rides on: a topic prefix keeps one run, from the store on."""
     one, _other = _publish(broker.frontend, 4), _publish(broker.frontend, 3)
     assert wait_until(lambda: client.stats()["stored"] == 7)
-    stream = BusSource(client).subscribe(0, prefix=f"rose.{one}.")
+    stream = client.subscribe(0, prefix=f"rose.{one}.", idle_timeout_ms=200)
     assert [(e.run, e.seq) for e in _take(stream, 4, max_idle=3)] == [(one, s) for s in range(4)]
     assert next(stream) is None  # nothing of the other run follows
     stream.close()
