@@ -83,7 +83,7 @@ class Ingest:
 
     def _fsync_failed(self, exc: OSError) -> None:
         self.counters.store_errors += 1
-        self.store_errors("fsync", "fsync of the store %s failed: %s", self.store.dir, exc,
+        self._store_errors("fsync", "fsync of the store %s failed: %s", self.store.dir, exc,
                            level=logging.ERROR)  # fmt: skip
 
     def acknowledge(self, front: zmq.Socket, now: float) -> None:

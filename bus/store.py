@@ -353,11 +353,12 @@ class EventStore(SegmentRecovery):
             self.sync(now)
 
     def sync(self, now: float | None = None) -> None:
+        # Stamped first: a failing fsync is tried again at the next interval, not every turn.
+        self._last_sync = time.monotonic() if now is None else now
         self.write()
         if self._dirty and self._wfd is not None:
             os.fsync(self._wfd)
             self._dirty = False
-        self._last_sync = time.monotonic() if now is None else now
 
     def close(self) -> None:
         """Write and fsync what is buffered, then release the files and the lock.

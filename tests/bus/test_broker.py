@@ -264,3 +264,39 @@ def test_bad_options_are_refused_by_name(tmp_path):
         Broker(tmp_path, max_event_bytes=2**40)
     with pytest.raises(TypeError, match="segment_byte"):
         Broker(tmp_path, segment_byte=10)
+
+
+def test_a_failing_fsync_is_logged_once_retried_and_acknowledged_once_it_works(
+    broker, monkeypatch, caplog
+):
+    """fsync fails (EIO on a sick disk): the broker keeps serving, acknowledges nothing
+    until an fsync succeeds, and says so once. A disk that fails fsync cannot be made
+    here without privileges, so os.fsync is replaced for the broker's store alone."""
+    import errno
+
+    import bus.store
+
+    real_fsync, attempts = bus.store.os.fsync, []
+
+    def failing(fd: int) -> None:
+        attempts.append(fd)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(bus.store.os, "fsync", failing)
+    tracker = BusTracker(broker.frontend, fallback=False, flush_timeout_ms=500)
+    with caplog.at_level(logging.ERROR, logger="bus.broker"):
+        tracker.on_start(PipelineManifest(learner_type="L"))
+        for i in range(5):
+            tracker.on_iteration(IterationState(iteration=i, state={"x": float(i)}))
+        assert not tracker.flush(500)  # stored with the OS, not on disk: not acknowledged
+        assert wait_until(lambda: broker.broker.counters.store_errors >= 2)
+    with BusClient(broker.backend, broker.replay) as client:
+        assert client.stats()["stored"] == 6  # still serving
+    assert attempts  # the broker tried, and is still trying
+    assert [r.getMessage() for r in caplog.records if "fsync" in r.getMessage()] == [
+        f"fsync of the store {broker.broker.store_dir} failed: [Errno 5] Input/output error"
+    ]
+    monkeypatch.setattr(bus.store.os, "fsync", real_fsync)
+    assert tracker.flush(5000)
+    assert tracker.acknowledged == 6
+    tracker.close()
