@@ -10,17 +10,11 @@ from rose.learner.base import Learner
 from rose.learner.deprecated import deprecated_run, final_state, final_states_by_id
 from rose.learner.lanes import Lane
 from rose.learner.parallel import ParallelLearner
-from rose.learner.tasks import task_decorator
 from rose.tracking import IterationState
 
 
 class ActiveLearner(Learner):
     roles = ("simulation", "training", "active_learn", "prediction")
-
-    simulation_task = task_decorator("simulation")
-    training_task = task_decorator("training")
-    active_learn_task = task_decorator("active_learn")
-    prediction_task = task_decorator("prediction")
 
     def _check_tasks(self, max_iter: int, skip_simulation_step: bool) -> None:
         self._require(

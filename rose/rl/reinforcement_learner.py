@@ -193,11 +193,7 @@ class ParallelExperience(SequentialReinforcementLearner):
         and the previous merged file left as it is, when there are none).
         """
         folder = Path(self.work_dir)
-        pieces = sorted(
-            p
-            for p in folder.iterdir()
-            if p.is_file() and p.name.startswith(self.BANK_PREFIX) and p.suffix in (".pkl", ".npz")
-        )
+        pieces = self._bank_files()
         if not pieces:
             log.warning("no %s* files in %s to merge", self.BANK_PREFIX, folder)
             return ExperienceBank()
@@ -281,9 +277,17 @@ class ParallelExperience(SequentialReinforcementLearner):
             raise
         return _ON_DISK if bank is None and self._bank_files_waiting() else bank
 
+    def _bank_files(self) -> list[Path]:
+        """The ``experience_bank_*`` files an environment task left to merge, sorted."""
+        return sorted(
+            p
+            for p in Path(self.work_dir).iterdir()
+            if p.is_file() and p.name.startswith(self.BANK_PREFIX) and p.suffix in (".pkl", ".npz")
+        )
+
     def _bank_files_waiting(self) -> bool:
         try:
-            return any(p.name.startswith(self.BANK_PREFIX) for p in Path(self.work_dir).iterdir())
+            return bool(self._bank_files())
         except OSError:
             return False
 

@@ -72,7 +72,6 @@ class UQLearner(Learner):
     roles = ("simulation", "training", "prediction", "uncertainty", "active_learn")
     stop_roles = ("criterion", "uncertainty")
 
-    simulation_task = task_decorator("simulation")
     training_task = task_decorator(
         "training", "Register the task that trains one model (its name in kwargs['--model_name'])."
     )
@@ -80,7 +79,6 @@ class UQLearner(Learner):
         "prediction",
         "Register the task that predicts with one trained model (see module docstring).",
     )
-    active_learn_task = task_decorator("active_learn")
     uncertainty_task = task_decorator(
         "uncertainty",
         "Register an uncertainty task without a threshold: its result goes to active "
