@@ -3,7 +3,7 @@
 A daemon or a learner that hits the same failure ten thousand times must not
 write ten thousand log lines, and must not hide it either: the first occurrence
 of each key is logged (with its traceback when asked), later ones are counted,
-and ``summary()`` says how many there were.  Like OpenTelemetry's duplicate
+and ``report()`` (or the owner, from ``counts``) says how many there were.  Like OpenTelemetry's duplicate
 filter, one small object per owner, no global state.
 """
 
@@ -50,16 +50,6 @@ class RepeatLog:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
-
-    def unlogged(self, key: Hashable) -> int:
-        """Occurrences of ``key`` that were counted but not logged."""
-        return max(0, self.counts.get(key, 0) - self.limit)
-
-    def summary(self, what: str, *, level: int = logging.WARNING) -> None:
-        """One line per key that repeated beyond the limit: ``<what> <key>: N times``."""
-        for key, n in self.counts.items():
-            if n > self.limit:
-                self.logger.log(level, "%s %s: %d times in all", what, key, n)
 
     def report(
         self,

@@ -12,21 +12,17 @@ def test_first_of_each_key_is_logged_the_rest_counted(caplog):
         logged = [rl("a", "problem %s", "a") for _ in range(3)] + [rl("b", "problem %s", "b")]
     assert logged == [True, False, False, True]
     assert [r.getMessage() for r in caplog.records] == ["problem a", "problem b"]
-    assert (rl.count("a"), rl.count("b"), rl.total, rl.unlogged("a")) == (3, 1, 4, 2)
+    assert (rl.count("a"), rl.count("b"), rl.total) == (3, 1, 4)
 
 
-def test_limit_and_summary(caplog):
+def test_limit(caplog):
     log = logging.getLogger("test.logonce2")
     rl = RepeatLog(log, limit=2)
     with caplog.at_level(logging.INFO, logger="test.logonce2"):
         for _ in range(5):
             rl("x", "x happened", level=logging.INFO)
-        rl.summary("repeated")
-    assert [r.getMessage() for r in caplog.records] == [
-        "x happened",
-        "x happened",
-        "repeated x: 5 times in all",
-    ]
+    assert [r.getMessage() for r in caplog.records] == ["x happened", "x happened"]
+    assert rl.count("x") == 5
 
 
 def test_exc_info_carries_the_traceback(caplog):
