@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from rose.events.values import to_plain
+
 
 class TaskConfig(BaseModel):
     """Arguments for one task call: ``args`` come first, dependencies are appended."""
@@ -71,8 +73,6 @@ def _roles(config: BaseModel) -> list[str]:
 
 def config_snapshot(config: Any, iteration: int) -> dict[str, Any]:
     """``{role: {"args": [...], "kwargs": {...}}}`` in effect at ``iteration``, as plain data."""
-    from rose.events.values import to_plain
-
     if config is None:
         return {}
     if isinstance(config, dict):  # already plain data

@@ -309,3 +309,19 @@ def test_a_json_line_stays_within_its_derived_limit(value):
     packed, line = len(ev.encode(event)), len(ev.to_json_line(event).encode())
     assert line <= ev.JSON_EXPANSION * packed
     assert ev.MAX_JSON_LINE_BYTES >= ev.JSON_EXPANSION * ev.MAX_EVENT_BYTES
+
+
+def test_a_states_config_snapshot_follows_its_config():
+    """Made once per state for every tracker, and made again if the state's config changes."""
+    from rose.config import LearnerConfig, TaskConfig
+    from rose.events.bodies import state_to_body
+
+    state = IterationState(iteration=1, current_config=LearnerConfig(training=TaskConfig(args=["a"])))
+    first, second = state_to_body(state), state_to_body(state)
+    assert first["current_config"] == second["current_config"] == {
+        "training": {"args": ["a"], "kwargs": {}}
+    }
+    state.current_config = LearnerConfig(training={0: TaskConfig(args=["x"]), 1: TaskConfig(args=["b"])})
+    assert state_to_body(state)["current_config"] == {"training": {"args": ["b"], "kwargs": {}}}
+    state.iteration = 0
+    assert state_to_body(state)["current_config"] == {"training": {"args": ["x"], "kwargs": {}}}

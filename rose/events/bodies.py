@@ -64,6 +64,18 @@ def config_from_snapshot(snapshot: dict[str, Any]) -> Any:
     return rebuild(snapshot)
 
 
+def _state_config(state: IterationState) -> dict[str, Any]:
+    """The state's config snapshot, made once per state for all the trackers that see it."""
+    config = state.current_config
+    if config is None:
+        return {}
+    key = (id(config), state.iteration)
+    cached = state.__dict__.get("_config_snapshot")
+    if cached is None or cached[0] != key:
+        cached = state.__dict__["_config_snapshot"] = (key, config_snapshot(config, state.iteration))
+    return cached[1]
+
+
 def state_to_body(state: IterationState) -> dict[str, Any]:
     # metric_history is left out: it is rebuilt from the run's own iterations.
     return {
@@ -73,7 +85,7 @@ def state_to_body(state: IterationState) -> dict[str, Any]:
         "metric_value": to_plain(state.metric_value),
         "metric_threshold": to_plain(state.metric_threshold),
         "should_stop": bool(state.should_stop),
-        "current_config": config_snapshot(state.current_config, state.iteration),
+        "current_config": _state_config(state),
         "state": to_plain(state.state),
     }
 
