@@ -42,7 +42,7 @@ from typing import Any
 
 from bus.segments import KIND_NO, REC, Damage, Segment, SegmentRecovery, fsync_dir, record
 from bus.storemeta import STORE_FORMAT, STORE_VERSION, StoreError, read_meta
-from bus.wire import Header, StoredEvent, make_header, with_offset
+from bus.wire import StoredEvent, make_header, with_offset
 from rose.events.schema import KINDS
 from rose.fileio import atomic_write_json
 
@@ -291,8 +291,9 @@ class EventStore(SegmentRecovery):
         if kind not in KIND_NO:  # the broker has checked it; refuse before anything changes
             raise ValueError(f"unknown event kind {kind!r}")
         offset = self.next_offset
-        head = Header(run, seq, kind, None)
-        stored = with_offset(make_header(run, seq, kind) if header is None else header, head, offset)
+        stored = with_offset(
+            make_header(run, seq, kind) if header is None else header, run, seq, kind, offset
+        )
         prefix, body = record(stored, payload)
         seg = self._segments[-1]
         pos = seg.size

@@ -123,7 +123,7 @@ def make_header(run: str, seq: int, kind: str, offset: int | None = None) -> byt
     header = header_prefix(run, kind) + msgpack.packb(seq)
     if offset is None:
         return header
-    return with_offset(header, Header(run, seq, kind, None), offset)
+    return with_offset(header, run, seq, kind, offset)
 
 
 def header_prefix(run: str, kind: str) -> bytes:
@@ -139,17 +139,18 @@ _PLAIN_HEADER = b"\x84\xa1v"  # what header_prefix starts with: 4 keys, "v" firs
 _OFFSET_KEY = msgpack.packb("offset")
 
 
-def with_offset(header: bytes, head: Header, offset: int) -> bytes:
+def with_offset(header: bytes, run: str, seq: int, kind: str, offset: int) -> bytes:
     """The stored and forwarded header: the learner's checked ``header`` plus ``offset``.
 
     A header from :func:`header_prefix` is extended in place (its map gets a
     fifth key), so the broker does not pack a new one per event; any other
-    valid header is packed again in that canonical layout.  Stored headers
+    checked header (``run``, ``seq``, ``kind`` are what it says) is packed again in
+    that canonical layout.  Stored headers
     start with :data:`STORED_HEADER_MARK`.
     """
-    if head.offset is None and header.startswith(_PLAIN_HEADER):
+    if header.startswith(_PLAIN_HEADER):
         return b"\x85" + header[1:] + _OFFSET_KEY + msgpack.packb(offset)
-    return b"\x85" + header_prefix(head.run, head.kind)[1:] + msgpack.packb(head.seq) + (
+    return b"\x85" + header_prefix(run, kind)[1:] + msgpack.packb(seq) + (
         _OFFSET_KEY + msgpack.packb(offset)
     )
 
