@@ -98,6 +98,7 @@ class FallbackLog:
         self.dropped = 0  # events with nowhere to go (no fallback log)
         self._reported = 0  # ... of which the user was told
         self._spooler: Spooler | None = None
+        self._failed_reported = 0
         self._told = RepeatLog(log)
 
     def _open(self) -> Spooler | None:
@@ -177,6 +178,11 @@ class FallbackLog:
             self.publish_target,
         )
 
+    @property
+    def lost(self) -> int:
+        """Events with nowhere to go: no fallback log, or writing it failed."""
+        return self.dropped + (self._spooler.failed if self._spooler is not None else 0)
+
     def report(self, cause: str, timeout_s: float = 10.0) -> None:
         """One warning for everything handed to the log since the last one."""
         count = self.count - self._reported
@@ -184,6 +190,22 @@ class FallbackLog:
             return
         self._reported = self.count
         written = self._spooler.settle(timeout_s)
+        failed = self._spooler.failed - self._failed_reported
+        self._failed_reported = self._spooler.failed
+        if failed:
+            log.error(
+                "BusTracker to %s: %d of %d event(s) not acknowledged by the broker (%s) "
+                "could not be written to the fallback log %s either (see the error above) "
+                "and are lost; give BusTracker(fallback=DIR) a writable directory",
+                self.endpoint,
+                failed,
+                count,
+                cause,
+                self.directory,
+            )
+            count -= failed
+            if count <= 0:
+                return
         files = sorted(str(p) for k, p in self._spooler.files.items() if "." not in k)
         logs = " ".join(files) if files else str(self.directory)
         key = f" --client-key {self.client_key}" if self.client_key else ""

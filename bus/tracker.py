@@ -203,7 +203,7 @@ class BusTracker(EventTracker):
     @property
     def dropped(self) -> int:
         """Events lost: only with ``fallback=False``, or when even the fallback log failed."""
-        return self._lost + self._fallback.dropped
+        return self._lost + self._fallback.lost
 
     @property
     def spooled(self) -> int:

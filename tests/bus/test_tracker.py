@@ -207,3 +207,23 @@ def test_the_spool_writes_each_event_as_it_was_sent(tmp_path):
         [0.0] * 4, [1.0] * 4, [2.0] * 4
     ]
     assert tracker.spooled == 4 and tracker.dropped == 0
+
+
+def test_events_the_fallback_log_cannot_take_are_counted_lost_and_told(tmp_path, caplog):
+    """Broker unreachable and the fallback file unwritable: the events are lost, and
+    the tracker says how many instead of pointing at a log that does not hold them."""
+    from rose.tracking import EventContext, delivering
+
+    fallback = tmp_path / "fallback"
+    (fallback / "lostrun.jsonl").mkdir(parents=True)  # the run's log path is taken: writes fail
+    tracker = BusTracker(f"tcp://127.0.0.1:{free_port()}", start_wait_ms=0,
+                         flush_timeout_ms=0, fallback=fallback)  # fmt: skip
+    for i in range(3):
+        with delivering(EventContext(run="lostrun", seq=i, ts=1.0 + i)):
+            tracker.on_iteration(IterationState(iteration=i, state={"x": float(i)}))
+    with caplog.at_level(logging.WARNING, logger="bus.tracker"):
+        tracker.close()
+    assert tracker.fallback == 3 and tracker.dropped == 3
+    told = [r.getMessage() for r in caplog.records if "could not be written" in r.getMessage()]
+    assert len(told) == 1 and "3 of 3 event(s)" in told[0]
+    assert not any("deliver them with" in r.getMessage() for r in caplog.records)
