@@ -86,15 +86,14 @@ class Learner(TaskRegistry, LearnerLoop):
 
     # ------------------------------------------------------------ results
 
-    def extract_state(self, lane: Lane, result: Any, prefix: str = "") -> None:
-        """Merge a task result into the lane's state and the registry, each key after
-        ``prefix``: dicts, or a JSON object line from stdout."""
+    def extract_state(self, lane: Lane, result: Any) -> None:
+        """Merge a task result into the lane's state: dicts, or a JSON object line from stdout."""
         if isinstance(result, str):
             result = json_object_from_stdout(result)
         if isinstance(result, dict):
-            values = {f"{prefix}{k}": v for k, v in result.items()}
-            lane.state.update(values)
-            self._state.update(values)
+            for k, v in result.items():
+                lane.state[str(k)] = v
+                self.register_state(str(k), v)
 
     def check_criterion(
         self, lane: Lane, result: Any, role: str = "criterion"

@@ -209,7 +209,9 @@ class UQLearner(Learner):
         """Simulation dicts go into state as they are; training dicts under ``<model>/<key>``."""
         self.extract_state(lane, stage.simulation)
         for model, result in stage.training.items():
-            self.extract_state(lane, result, prefix=f"{model}/")
+            per_model = Lane(learner_id=lane.learner_id)
+            self.extract_state(per_model, result)
+            lane.state.update({f"{model}/{k}": v for k, v in per_model.state.items()})
 
     def _reset_results(self) -> None:
         self.learner_results = []
