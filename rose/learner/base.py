@@ -91,9 +91,9 @@ class Learner(TaskRegistry, LearnerLoop):
         if isinstance(result, str):
             result = json_object_from_stdout(result)
         if isinstance(result, dict):
-            for k, v in result.items():
-                lane.state[str(k)] = v
-                self.register_state(str(k), v)
+            values = {str(k): v for k, v in result.items()}
+            lane.state.update(values)
+            self._state.update(values)
 
     def check_criterion(
         self, lane: Lane, result: Any, role: str = "criterion"

@@ -27,7 +27,17 @@ class StateRegistry:
         self.errors = RepeatLog(log)
 
     def register(self, key: str, value: Any) -> None:
-        self.values[key] = value
+        self.update({key: value})
+
+    def update(self, values: dict[str, Any]) -> None:
+        """Publish several values at once (a task's result); callbacks hear of each."""
+        self.values.update(values)
+        if not self.callbacks:
+            return
+        for key, value in values.items():
+            self._tell(key, value)
+
+    def _tell(self, key: str, value: Any) -> None:
         for callback in list(self.callbacks):
             try:
                 callback(key, value)
